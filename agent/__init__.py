@@ -1,0 +1,3 @@
+"""sgagent: cloud-style security groups enforced with nftables."""
+
+__version__ = "0.1.0"

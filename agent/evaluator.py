@@ -1,0 +1,129 @@
+"""The oracle: SEMANTICS section 3 read literally, one packet at a time.
+
+Deliberately independent of the compiler: it does not share the compiler's ordering or matching
+code, so that a bug in one shows up as a disagreement with the other.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Literal
+
+from .model import Document, FailsafeEntry, GroupPeer, Rule
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+ECHO_REQUEST = {4: 8, 6: 128}
+ND_TYPES = frozenset({133, 134, 135, 136, 137})  # router/neighbour solicit/advert, redirect
+# (direction, family) -> (local port, remote port) of DHCP client traffic
+DHCP = {("inbound", 4): (68, 67), ("outbound", 4): (68, 67),
+        ("inbound", 6): (546, 547), ("outbound", 6): (546, 547)}
+
+
+@dataclass(frozen=True)
+class Packet:
+    """The first packet of a flow as seen on a managed NIC.
+
+    ``port`` is the destination port of the packet (the host's port when inbound, the peer's
+    when outbound); ``sport`` its source port, which only the DHCP allowance looks at.
+    """
+    nic: str
+    direction: Literal["inbound", "outbound"]
+    peer: IPAddress
+    protocol: str  # tcp | udp | icmp | icmpv6 | gre | any other IP protocol name
+    port: int | None = None
+    icmp_type: int | None = None
+    sport: int | None = None
+
+    @property
+    def family(self) -> int:
+        return self.peer.version
+
+
+@dataclass(frozen=True)
+class Verdict:
+    verdict: Literal["accept", "drop", "reject"]
+    group: str | None
+    rule: str  # rule id, "failsafe/<i>", "default", or "allowance"
+    reason: Literal["rule", "failsafe", "inner-access", "default", "allowance"]
+
+
+def evaluate(doc: Document, pkt: Packet) -> Verdict:
+    nic = doc.nic(pkt.nic)  # KeyError: not a managed NIC
+    if _allowance(pkt):
+        return Verdict("accept", None, "allowance", "allowance")
+    for i, entry in enumerate(doc.host.failsafe):
+        if entry.direction == pkt.direction and _matches(doc, entry, pkt):
+            return Verdict("accept", None, f"failsafe/{i}", "failsafe")
+
+    candidates = []
+    for gi, gname in enumerate(nic.security_groups):
+        for ri, rule in enumerate(doc.security_groups[gname].rules):
+            if rule.direction != pkt.direction:
+                continue
+            if doc.host.network == "classic":
+                if rule.nic != nic.role:
+                    continue
+            elif rule.nic not in (None, "intranet"):
+                continue
+            if _matches(doc, rule, pkt):
+                candidates.append((gi, ri, gname, rule))
+    if candidates:
+        if doc.host.ordering == "sequential":
+            gi, ri, gname, rule = min(candidates, key=lambda c: (c[0], c[1]))
+        else:
+            gi, ri, gname, rule = min(candidates, key=lambda c: (
+                c[3].priority, 0 if c[3].policy in ("drop", "reject") else 1, c[0], c[1]))
+        return Verdict(rule.policy, gname, doc.rule_id(gname, ri), "rule")
+
+    groups = [doc.security_groups[g] for g in nic.security_groups]
+    enterprise = any(g.type == "enterprise" for g in groups)
+    if pkt.direction == "inbound" and nic.role in ("vpc", "intranet"):
+        for g in groups:
+            if g.inner_accepts and pkt.peer in g.members:
+                return Verdict("accept", None, "default", "inner-access")
+    final = getattr(doc.host.defaults, pkt.direction)
+    if final is None:
+        final = "drop" if enterprise or pkt.direction == "inbound" else "accept"
+    return Verdict(final, None, "default", "default")
+
+
+def _allowance(pkt: Packet) -> bool:
+    if pkt.protocol == "icmpv6" and pkt.family == 6 and pkt.icmp_type in ND_TYPES:
+        return True
+    if pkt.protocol == "udp":
+        local, remote = DHCP[(pkt.direction, pkt.family)]
+        if pkt.direction == "inbound":
+            return pkt.port == local and pkt.sport == remote
+        return pkt.port == remote and pkt.sport == local
+    return False
+
+
+def _matches(doc: Document, rule: Rule | FailsafeEntry, pkt: Packet) -> bool:
+    return _proto_matches(rule, pkt) and _peer_matches(doc, rule, pkt)
+
+
+def _proto_matches(rule: Rule | FailsafeEntry, pkt: Packet) -> bool:
+    proto = rule.effective_protocol
+    if proto == "all":
+        return True
+    if proto == "ping":
+        return (pkt.protocol == {4: "icmp", 6: "icmpv6"}[pkt.family]
+                and pkt.icmp_type == ECHO_REQUEST[pkt.family])
+    if proto != pkt.protocol:
+        return False
+    if proto in ("tcp", "udp"):
+        ports = rule.effective_ports
+        return ports is None or any(lo <= (pkt.port or 0) <= hi for lo, hi in ports)
+    return True
+
+
+def _peer_matches(doc: Document, rule: Rule | FailsafeEntry, pkt: Packet) -> bool:
+    for item in rule.peer or ():
+        if isinstance(item, GroupPeer):
+            if pkt.peer in doc.security_groups[item.group].members:
+                return True
+        elif item.version == pkt.family and pkt.peer in item:
+            return True
+    return False

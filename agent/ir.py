@@ -1,0 +1,88 @@
+"""The backend-neutral intermediate representation: per NIC and direction, the ordered decisions.
+
+No backend syntax lives here.  A renderer (linear nftables, set-compiled nftables, iptables)
+walks a :class:`Ruleset` and turns each :class:`Chain` into its own statements.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Literal
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+PortRange = tuple[int, int]
+Action = Literal["accept", "drop", "reject"]
+Direction = Literal["inbound", "outbound"]
+
+
+@dataclass(frozen=True)
+class Match:
+    """One conjunction: peer (addresses or a group's members) x protocol x ports, one family."""
+    family: int                       # 4 | 6
+    nets: tuple[IPNetwork, ...] = ()  # literal peers (empty when ``group`` is set)
+    group: str | None = None          # peer is the members of this group (of this family)
+    proto: str | None = None          # tcp | udp | icmp | icmpv6 | gre; None: any protocol
+    ports: tuple[PortRange, ...] | None = None  # tcp/udp destination ports; None: all
+    icmp_type: int | None = None      # icmp/icmpv6 type; None: all
+
+
+@dataclass(frozen=True)
+class CounterKey:
+    """The identity of a hit counter (SEMANTICS section 8)."""
+    nic: str
+    direction: Direction
+    group: str | None   # None for failsafe and default counters
+    rule: str           # rule id, "failsafe/<i>" or "default"
+    policy: Action
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A rule as enforced on one NIC: the first decision whose matches hold decides."""
+    counter: CounterKey
+    action: Action
+    matches: tuple[Match, ...]  # a disjunction; may be empty (a rule that can never match here)
+
+
+@dataclass(frozen=True)
+class Chain:
+    nic: str
+    role: str
+    direction: Direction
+    decisions: tuple[Decision, ...]         # failsafe first, then group rules in decision order
+    inner_access: tuple[str, ...]           # groups whose members are accepted before the default
+    inner_counter: CounterKey | None        # counts inner-access accepts (a default, policy accept)
+    default: Decision                       # matches nothing; its action is the final verdict
+
+    @property
+    def counters(self) -> tuple[CounterKey, ...]:
+        keys = [d.counter for d in self.decisions]
+        if self.inner_counter is not None:
+            keys.append(self.inner_counter)
+        keys.append(self.default.counter)
+        return tuple(keys)
+
+
+@dataclass(frozen=True)
+class GroupSet:
+    """The members of a group, as referenced by group peers and inner access."""
+    name: str
+    v4: tuple[ipaddress.IPv4Address, ...]
+    v6: tuple[ipaddress.IPv6Address, ...]
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    chains: tuple[Chain, ...]
+    groups: tuple[GroupSet, ...] = field(default=())
+
+    def chain(self, nic: str, direction: str) -> Chain:
+        for c in self.chains:
+            if c.nic == nic and c.direction == direction:
+                return c
+        raise KeyError((nic, direction))
+
+    @property
+    def nics(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(c.nic for c in self.chains))

@@ -1,0 +1,119 @@
+"""Reading a host document from bytes or a file, with every error named by its path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from .checks import document_errors
+from .model import Document
+
+MAX_BYTES = 64 * 1024 * 1024
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class DocumentError(Exception):
+    """A document that cannot be enforced; ``errors`` lists each problem with its path."""
+
+    def __init__(self, errors: list[str], source: str = "document"):
+        self.errors = errors
+        self.source = source
+        super().__init__(f"{source}: " + "; ".join(errors))
+
+    def render(self) -> str:
+        n = len(self.errors)
+        head = f"{self.source}: refused, {n} error{'s' if n != 1 else ''}"
+        return "\n".join([head] + [f"  {e}" for e in self.errors])
+
+
+def format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _pydantic_errors(exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors(include_url=False):
+        # Drop pydantic's internal location parts (union branch names, function-before, ...).
+        loc = tuple(p for p in err["loc"] if isinstance(p, int) or not _internal(str(p)))
+        msg = err["msg"]
+        for prefix in ("Value error, ", "Assertion failed, "):
+            if msg.startswith(prefix):
+                msg = msg[len(prefix):]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        where = format_loc(loc) or "(document)"
+        lines.append(f"{where}: {msg}")
+    return list(dict.fromkeys(lines))
+
+
+def _internal(part: str) -> bool:
+    return part.startswith(("function-", "tagged-union")) or part in {
+        "IPv4Network", "IPv6Network", "GroupPeer", "tuple[int, int]", "IPv4Address", "IPv6Address"}
+
+
+def parse_data(data: Any, source: str = "document") -> Document:
+    if not isinstance(data, dict):
+        kind = "empty" if data is None else type(data).__name__
+        raise DocumentError([f"(document): a host document is a mapping, not {kind}"], source)
+    try:
+        doc = Document.model_validate(data)
+    except ValidationError as exc:
+        raise DocumentError(_pydantic_errors(exc), source) from None
+    errors = document_errors(doc)
+    if errors:
+        raise DocumentError(errors, source)
+    return doc
+
+
+def parse_bytes(raw: bytes, source: str = "document") -> Document:
+    if len(raw) > MAX_BYTES:
+        raise DocumentError([f"(document): {len(raw)} bytes is over the {MAX_BYTES} byte limit"], source)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DocumentError([f"(document): not UTF-8 text (byte {exc.start})"], source) from None
+    stripped = text.lstrip()
+    try:
+        if stripped.startswith("{"):
+            data = json.loads(text)
+        else:
+            data = yaml.load(text, Loader=_Loader)
+    except json.JSONDecodeError as exc:
+        raise DocumentError([f"(document): not valid JSON: {exc.msg} at line {exc.lineno} "
+                             f"column {exc.colno}"], source) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise DocumentError([f"(document): not valid YAML: {problem}{where}"], source) from None
+    except RecursionError:
+        raise DocumentError(["(document): nested too deeply"], source) from None
+    return parse_data(data, source)
+
+
+def load_file(path: str | Path) -> Document:
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            raw = fh.read(MAX_BYTES + 1)
+    except FileNotFoundError:
+        raise DocumentError(["no such file"], str(path)) from None
+    except IsADirectoryError:
+        raise DocumentError(["is a directory, not a file"], str(path)) from None
+    except PermissionError:
+        raise DocumentError(["permission denied"], str(path)) from None
+    except OSError as exc:
+        raise DocumentError([exc.strerror or str(exc)], str(path)) from None
+    return parse_bytes(raw, str(path))
