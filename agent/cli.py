@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 
 from . import __version__
@@ -19,6 +18,18 @@ from .model import Document
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Enforce cloud-style security groups with nftables.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    """Enforce cloud-style security groups with nftables."""
 
 
 class UserError(Exception):
@@ -32,11 +43,11 @@ def _load(path: Path) -> Document:
     return load_file(path)
 
 
-def _backend(name: str, netns_name: str | None):
+def _backend(name: str, netns_name: str | None, rendering: str = "sets"):
     if name != "nftables":
         raise UserError(f"--backend: {name!r} is not a backend (available: nftables)")
     from .nft.backend import NftBackend
-    return NftBackend(netns_name)
+    return NftBackend(netns_name, _rendering(rendering))
 
 
 @app.command()
@@ -55,14 +66,27 @@ def schema() -> None:
     typer.echo(json.dumps(D.model_json_schema(mode="validation"), indent=2))
 
 
+RenderingOpt = typer.Option("sets", "--rendering",
+                            help="sets (verdict maps, constant per-packet cost) | linear")
+
+
 @app.command("compile")
 def compile_(file: Path = typer.Argument(..., help="host document"),
-             backend: str = typer.Option("nftables", help="nftables")) -> None:
+             backend: str = typer.Option("nftables", help="nftables"),
+             rendering: str = RenderingOpt) -> None:
     """Print the exact ruleset apply would load (needs no root)."""
     if backend != "nftables":
         raise UserError(f"--backend: {backend!r} is not a backend (available: nftables)")
     from .nft.render import render
-    typer.echo(render(compile_document(_load(file))).text, nl=False)
+    rs = compile_document(_load(file))
+    typer.echo(render(rs, _rendering(rendering)).text(), nl=False)
+
+
+def _rendering(name: str) -> str:
+    from .nft.render import RENDERINGS
+    if name not in RENDERINGS:
+        raise UserError(f"--rendering: {name!r} is not a rendering ({' | '.join(RENDERINGS)})")
+    return name
 
 
 @app.command()
@@ -70,30 +94,32 @@ def apply(file: Path = typer.Argument(..., help="host document"),
           netns: Optional[str] = NetnsOpt,
           dry_run: bool = typer.Option(False, "--dry-run",
                                        help="check with the kernel and show the diff; change nothing"),
-          backend: str = typer.Option("nftables", help="nftables")) -> None:
+          backend: str = typer.Option("nftables", help="nftables"),
+          rendering: str = RenderingOpt) -> None:
     """Apply a host document atomically."""
     doc = _load(file)
     rs = compile_document(doc)
-    with _backend(backend, netns) as be:
+    with _backend(backend, netns, rendering) as be:
         if dry_run:
             be.apply(rs, dry_run=True)
             diff = be.diff(rs)
             typer.echo(diff if diff else "no change", nl=not diff)
             typer.echo("dry run: the kernel accepts this ruleset; nothing was changed")
             return
-        rendered = be.apply(rs)
+        result = be.apply(rs)
     decisions = sum(len(c.decisions) for c in rs.chains)
     typer.echo(f"applied {file}: {decisions} rule decisions on {len(rs.nics)} NICs, "
-               f"{len(rendered.counters)} counters")
+               f"{result.counters} counters")
 
 
 @app.command()
 def diff(file: Path = typer.Argument(..., help="host document"),
          netns: Optional[str] = NetnsOpt,
-         backend: str = typer.Option("nftables", help="nftables")) -> None:
+         backend: str = typer.Option("nftables", help="nftables"),
+         rendering: str = RenderingOpt) -> None:
     """Show what apply would change in the live ruleset (exit 0 either way)."""
     rs = compile_document(_load(file))
-    with _backend(backend, netns) as be:
+    with _backend(backend, netns, rendering) as be:
         out = be.diff(rs)
     typer.echo(out if out else "no change", nl=not out)
 
@@ -199,26 +225,23 @@ def verify(file: Path = typer.Argument(..., help="host document"),
         raise typer.Exit(1)
 
 
-@app.command()
-def version() -> None:
-    """Print the version."""
-    typer.echo(__version__)
-
-
 def main(argv: list[str] | None = None) -> int:
     from .netns import NetnsError
     from .nft.backend import ApplyError
     from .nft.libnft import NftError
     try:
-        app(args=argv, standalone_mode=False)
-        return 0
-    except click.exceptions.Exit as exc:
+        rc = app(args=argv, standalone_mode=False)
+        return rc if isinstance(rc, int) else 0
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("aborted", file=sys.stderr)
         return 1
-    except click.ClickException as exc:
-        print(f"error: {exc.format_message()}", file=sys.stderr)
+    except typer.TyperException as exc:  # usage errors: unknown command, bad option, ...
+        message = exc.format_message()
+        if not message:  # no command given: the help was printed
+            return 0 if not argv and argv is not None else 1
+        print(f"error: {message}", file=sys.stderr)
         return 1
     except DocumentError as exc:
         print(exc.render(), file=sys.stderr)

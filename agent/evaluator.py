@@ -10,15 +10,12 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
+from .allowances import DHCP_PORTS, LINK_ICMPV6
 from .model import Document, FailsafeEntry, GroupPeer, Rule
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 ECHO_REQUEST = {4: 8, 6: 128}
-ND_TYPES = frozenset({133, 134, 135, 136, 137})  # router/neighbour solicit/advert, redirect
-# (direction, family) -> (local port, remote port) of DHCP client traffic
-DHCP = {("inbound", 4): (68, 67), ("outbound", 4): (68, 67),
-        ("inbound", 6): (546, 547), ("outbound", 6): (546, 547)}
 
 
 @dataclass(frozen=True)
@@ -90,10 +87,10 @@ def evaluate(doc: Document, pkt: Packet) -> Verdict:
 
 
 def _allowance(pkt: Packet) -> bool:
-    if pkt.protocol == "icmpv6" and pkt.family == 6 and pkt.icmp_type in ND_TYPES:
+    if pkt.protocol == "icmpv6" and pkt.family == 6 and pkt.icmp_type in LINK_ICMPV6:
         return True
     if pkt.protocol == "udp":
-        local, remote = DHCP[(pkt.direction, pkt.family)]
+        local, remote = DHCP_PORTS[pkt.family]
         if pkt.direction == "inbound":
             return pkt.port == local and pkt.sport == remote
         return pkt.port == remote and pkt.sport == local

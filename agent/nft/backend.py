@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from .. import netns
 from ..ir import CounterKey, Ruleset
 from .libnft import Nft, NftError
-from .names import FAMILY, TABLE, parse_comment
-from .render import Rendered, render
+from .names import FAMILY, TABLE, parse_comment, set_name
+from .objects import Objects, SetDef
+from .render import render
 
 BASE_CHAINS = ("input", "forward", "output")
 TABLE_REF = f"{FAMILY} {TABLE}"
@@ -19,6 +20,17 @@ TABLE_REF = f"{FAMILY} {TABLE}"
 
 class ApplyError(Exception):
     """The kernel refused the ruleset; the previous one is still in force, unchanged."""
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    objects: Objects
+    mode: str         # "delta" | "full"
+    commands: int     # lines in the transaction sent to the kernel
+
+    @property
+    def counters(self) -> int:
+        return len(self.objects.counters)
 
 
 @dataclass(frozen=True)
@@ -39,8 +51,11 @@ class LiveObjects:
 class NftBackend:
     name = "nftables"
 
-    def __init__(self, netns_name: str | None = None) -> None:
+    def __init__(self, netns_name: str | None = None, rendering: str = "sets") -> None:
         self.netns_name = netns_name
+        self.rendering = rendering
+        self._applied: Objects | None = None
+        self._applied_rs: Ruleset | None = None
         self._exec = netns.NetnsExecutor(netns_name)
         self._nft: Nft | None = None
 
@@ -75,6 +90,8 @@ class NftBackend:
                 chains.add(item["chain"]["name"])
             elif "set" in item:
                 sets.add(item["set"]["name"])
+            elif "map" in item:
+                sets.add(item["map"]["name"])
             elif "counter" in item:
                 counters.add(item["counter"]["name"])
         return LiveObjects(frozenset(chains), frozenset(sets), frozenset(counters), table)
@@ -102,27 +119,52 @@ class NftBackend:
             raise
 
     # -- writing --------------------------------------------------------------------------
-    def transaction(self, rs: Ruleset, live: LiveObjects | None = None) -> tuple[str, Rendered]:
-        """The one script that replaces the live table's contents with ``rs``, keeping the
-        named counters of rules that stay (so their counts never go backwards)."""
-        rendered = render(rs)
-        live = live if live is not None else self.live_objects()
-        head = [f"add table {TABLE_REF}", f"flush table {TABLE_REF}"]
-        for name in sorted(live.chains - rendered.chains):
-            head.append(f"delete chain {TABLE_REF} {name}")
-        for name in sorted(live.sets):
-            head.append(f"{'flush' if name in rendered.sets else 'delete'} set {TABLE_REF} {name}")
-        for name in sorted(live.counters - rendered.counters):
-            head.append(f"delete counter {TABLE_REF} {name}")
-        return "\n".join(head) + "\n" + rendered.text, rendered
+    def render(self, rs: Ruleset) -> Objects:
+        if (self._applied is not None and self._applied_rs is not None
+                and rs.chains == self._applied_rs.chains):
+            # Only group members changed: every chain stays, only member sets differ.
+            objs = Objects(dict(self._applied.counters), dict(self._applied.sets),
+                           dict(self._applied.chains))
+            for g in rs.groups:
+                objs.sets[set_name(g.name, 4)] = SetDef("ipv4_addr", frozenset(map(str, g.v4)))
+                objs.sets[set_name(g.name, 6)] = SetDef("ipv6_addr", frozenset(map(str, g.v6)))
+            return objs
+        return render(rs, self.rendering)
 
-    def apply(self, rs: Ruleset, *, dry_run: bool = False) -> Rendered:
-        script, rendered = self.transaction(rs)
+    def replace_script(self, objs: Objects) -> str:
+        live = self.live_objects()
+        return objs.replace_script(live.chains, live.sets, live.counters)
+
+    def apply(self, rs: Ruleset, *, dry_run: bool = False, full: bool = False) -> ApplyResult:
+        """Make the kernel enforce ``rs`` in one transaction.  After a first apply by this
+        backend, only the difference is sent; ``full`` (or a failed delta) replaces the whole
+        table's contents instead, also atomically.  Counters of kept rules keep counting."""
+        objs = self.render(rs)
+        script, mode = None, "full"
+        if not full and self._applied is not None:
+            script, mode = objs.delta_script(self._applied), "delta"
+        if script is None:
+            script = self.replace_script(objs)
         try:
-            self._run(lambda nft: nft.run(script, dry_run=dry_run))
+            if script:
+                self._run(lambda nft: nft.run(script, dry_run=dry_run))
         except NftError as exc:
-            raise ApplyError(f"the kernel refused the ruleset, nothing was changed: {exc}") from None
-        return rendered
+            if mode != "delta":
+                raise ApplyError(f"the kernel refused the ruleset, nothing was changed: {exc}") from None
+            # The kernel is not what we last loaded (edited behind our back): replace it all.
+            script, mode = self.replace_script(objs), "full"
+            try:
+                self._run(lambda nft: nft.run(script, dry_run=dry_run))
+            except NftError as exc2:
+                raise ApplyError(
+                    f"the kernel refused the ruleset, nothing was changed: {exc2}") from None
+        if not dry_run:
+            self._applied, self._applied_rs = objs, rs
+        return ApplyResult(objs, mode, script.count("\n"))
+
+    def forget(self) -> None:
+        """Drop the memory of the last apply: the next one replaces the whole table."""
+        self._applied = self._applied_rs = None
 
     def flush(self) -> bool:
         """Remove the sgagent table and everything in it; False if there was none."""
@@ -133,17 +175,35 @@ class NftBackend:
 
     def diff(self, rs: Ruleset) -> str:
         """A unified diff from the live table to the one ``apply`` would leave."""
-        rendered = render(rs)
+        text = render(rs, self.rendering).text()
         with netns.NetnsExecutor.scratch() as scratch:
             def load():
                 nft = Nft()
                 try:
-                    nft.run(rendered.text)
+                    nft.run(text)
                     return nft.run(f"list table {TABLE_REF}", stateless=True)
                 finally:
                     nft.close()
             want = scratch.call(load)
         have = self.live_text()
         return "".join(difflib.unified_diff(
-            have.splitlines(keepends=True), want.splitlines(keepends=True),
-            fromfile="live", tofile="apply"))
+            _normalised(have), _normalised(want), fromfile="live", tofile="apply"))
+
+
+def _normalised(listing: str) -> list[str]:
+    """nft's listing with its top-level blocks sorted by kind and name, so that the order in
+    which objects were created does not show up as a difference."""
+    head: list[str] = []
+    blocks: list[list[str]] = []
+    for line in listing.splitlines(keepends=True):
+        if not line.strip() or line.strip() == "}" and not line.startswith("\t"):
+            continue
+        if line.startswith("\t") and not line.startswith("\t\t") and line.rstrip().endswith("{"):
+            blocks.append([line])
+        elif blocks:
+            blocks[-1].append(line)
+        else:
+            head.append(line)
+    order = {"counter": 0, "set": 1, "map": 2, "chain": 3}
+    blocks.sort(key=lambda b: (order.get(b[0].split()[0], 9), b[0]))
+    return head + [line for b in blocks for line in b] + (["}\n"] if head else [])

@@ -1,93 +1,79 @@
-"""Render the IR as an nftables ruleset in nft's own syntax (the linear form: one nft rule per
-match of each decision, in decision order).
-
-The text is a ``table inet sgagent { ... }`` block, exactly what ``sgagent compile`` prints and
-what ``apply`` loads after flushing the table's rules in the same transaction.
+"""Render the IR as nftables objects.  What both renderings share lives here: counters, group
+sets, base chains, the stateful preamble, matches and verdicts.  ``linear`` puts one nft rule
+per match of each decision in order; ``sets`` (see :mod:`sgagent.nft.setrender`) compiles runs
+of decisions into verdict maps so the per-packet cost does not grow with the rules.
 """
 
 from __future__ import annotations
 
-import ipaddress
-from dataclasses import dataclass
-
+from ..allowances import DHCP_PORTS, LINK_ICMPV6
 from ..ir import Chain, CounterKey, Decision, Match, Ruleset
-from .names import FAMILY, TABLE, chain_name, counter_comment, counter_name, set_name
+from .names import chain_name, counter_comment, counter_name, set_name
+from .objects import Objects, SetDef
 
-ND_TYPES = "nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect"
-_L4 = {"tcp": "tcp", "udp": "udp", "icmp": "icmp", "icmpv6": "ipv6-icmp", "gre": "gre"}
-_VERB = {"inbound": ("iifname", "saddr"), "outbound": ("oifname", "daddr")}
-
-
-@dataclass(frozen=True)
-class Rendered:
-    text: str
-    chains: frozenset[str]
-    sets: frozenset[str]
-    counters: frozenset[str]
+L4 = {"tcp": "tcp", "udp": "udp", "icmp": "icmp", "icmpv6": "ipv6-icmp", "gre": "gre"}
+VERB = {"inbound": ("iifname", "saddr"), "outbound": ("oifname", "daddr")}
+RENDERINGS = ("sets", "linear")
 
 
-def render(rs: Ruleset) -> Rendered:
-    lines = [f"table {FAMILY} {TABLE} {{"]
-    counters: list[CounterKey] = []
+def render(rs: Ruleset, rendering: str = "sets") -> Objects:
+    if rendering == "sets":
+        from .setrender import chain_body
+    elif rendering == "linear":
+        chain_body = linear_body
+    else:
+        raise ValueError(f"unknown rendering {rendering!r} (one of {', '.join(RENDERINGS)})")
+    objs = Objects()
     for chain in rs.chains:
-        counters.extend(chain.counters)
-    for key in counters:
-        lines.append(f"\tcounter {counter_name(key)} {{ comment {_q(counter_comment(key))}; }}")
-    sets = []
+        for key in chain.counters:
+            objs.counters[counter_name(key)] = counter_comment(key)
     for g in rs.groups:
-        for family, members, typ in ((4, g.v4, "ipv4_addr"), (6, g.v6, "ipv6_addr")):
-            name = set_name(g.name, family)
-            sets.append(name)
-            elements = f" elements = {{ {', '.join(map(str, members))} }};" if members else ""
-            lines.append(f"\tset {name} {{ type {typ};{elements} }}")
-    chains = []
+        objs.sets[set_name(g.name, 4)] = SetDef("ipv4_addr", frozenset(map(str, g.v4)))
+        objs.sets[set_name(g.name, 6)] = SetDef("ipv6_addr", frozenset(map(str, g.v6)))
     for chain in rs.chains:
-        name = chain_name(chain.nic, chain.direction)
-        chains.append(name)
-        lines.append(f"\tchain {name} {{")
-        lines.extend(f"\t\t{r}" for r in chain_rules(chain))
-        lines.append("\t}")
-    lines.extend(base_chains(rs))
-    lines.append("}")
-    return Rendered("\n".join(lines) + "\n", frozenset(chains + ["input", "forward", "output"]),
-                    frozenset(sets), frozenset(counter_name(k) for k in counters))
+        rules = preamble(chain.direction) + chain_body(chain, objs) + tail(chain)
+        objs.chains[chain_name(chain.nic, chain.direction)] = (None, tuple(rules))
+    objs.chains.update(base_chains(rs))
+    return objs
 
 
-def base_chains(rs: Ruleset) -> list[str]:
+def linear_body(chain: Chain, objs: Objects) -> list[str]:
+    rules: list[str] = []
+    for decision in chain.decisions:
+        rules.extend(decision_rules(decision, chain.direction))
+    return rules
+
+
+def base_chains(rs: Ruleset) -> dict[str, tuple[str, tuple[str, ...]]]:
     def vmap(direction: str) -> str:
-        verb = _VERB[direction][0]
+        verb = VERB[direction][0]
         items = ", ".join(f'"{c.nic}" : jump {chain_name(c.nic, c.direction)}'
                           for c in rs.chains if c.direction == direction)
         return f"{verb} vmap {{ {items} }}" if items else ""
 
-    out = []
+    out = {}
     for hook, dirs in (("input", ["inbound"]), ("forward", ["inbound", "outbound"]),
                        ("output", ["outbound"])):
-        out.append(f"\tchain {hook} {{")
-        out.append(f"\t\ttype filter hook {hook} priority filter; policy accept;")
-        out.extend(f"\t\t{v}" for v in (vmap(d) for d in dirs) if v)
-        out.append("\t}")
+        header = f"type filter hook {hook} priority filter; policy accept;"
+        out[hook] = (header, tuple(v for v in (vmap(d) for d in dirs) if v))
     return out
 
 
 def preamble(direction: str) -> list[str]:
     """State and the always-allowed traffic of SEMANTICS sections 4 and 5."""
-    if direction == "inbound":
-        dhcp = ["udp sport 67 udp dport 68 return", "udp sport 547 udp dport 546 return"]
-    else:
-        dhcp = ["udp sport 68 udp dport 67 return", "udp sport 546 udp dport 547 return"]
-    return [
-        "ct state established,related return",
-        *dhcp,
-        f"icmpv6 type {{ {ND_TYPES} }} return",
-        "ct state invalid drop",
-    ]
+    rules = ["ct state established,related return"]
+    for family, (client, server) in sorted(DHCP_PORTS.items()):
+        nfproto = "ipv4" if family == 4 else "ipv6"
+        sport, dport = (server, client) if direction == "inbound" else (client, server)
+        rules.append(f"meta nfproto {nfproto} udp sport {sport} udp dport {dport} return")
+    rules.append(f"icmpv6 type {{ {', '.join(map(str, sorted(LINK_ICMPV6)))} }} return")
+    rules.append("ct state invalid drop")
+    return rules
 
 
-def chain_rules(chain: Chain) -> list[str]:
-    rules = preamble(chain.direction)
-    for decision in chain.decisions:
-        rules.extend(decision_rules(decision, chain.direction))
+def tail(chain: Chain) -> list[str]:
+    """Inner access, then the default."""
+    rules = []
     if chain.inner_counter is not None:
         c = f"counter name {counter_name(chain.inner_counter)}"
         for g in chain.inner_access:
@@ -106,6 +92,7 @@ def decision_rules(decision: Decision, direction: str) -> list[str]:
 
 
 def verdict(key: CounterKey, action: str, proto: str | None) -> list[str]:
+    """Count on the decision's counter, then accept (return), drop or reject."""
     c = f"counter name {counter_name(key)}"
     if action == "accept":
         return [f"{c} return"]
@@ -122,7 +109,7 @@ def verdict(key: CounterKey, action: str, proto: str | None) -> list[str]:
 def match_expr(m: Match, direction: str) -> str:
     parts = []
     ip = "ip" if m.family == 4 else "ip6"
-    addr = _VERB[direction][1]
+    addr = VERB[direction][1]
     if m.group is not None:
         parts.append(f"{ip} {addr} @{set_name(m.group, m.family)}")
     elif any(n.prefixlen == 0 for n in m.nets):
@@ -133,28 +120,21 @@ def match_expr(m: Match, direction: str) -> str:
         if m.ports is None:
             parts.append(f"meta l4proto {m.proto}")
         else:
-            parts.append(f"{m.proto} dport {_set_of(_port_items(m.ports))}")
+            parts.append(f"{m.proto} dport {_set_of(port_text(lo, hi) for lo, hi in m.ports)}")
     elif m.proto in ("icmp", "icmpv6"):
         if m.icmp_type is None:
-            parts.append(f"meta l4proto {_L4[m.proto]}")
+            parts.append(f"meta l4proto {L4[m.proto]}")
         else:
             parts.append(f"{m.proto} type {m.icmp_type}")
     elif m.proto is not None:
-        parts.append(f"meta l4proto {_L4.get(m.proto, m.proto)}")
+        parts.append(f"meta l4proto {L4.get(m.proto, m.proto)}")
     return " ".join(parts)
 
 
-def _port_items(ports) -> list[str]:
-    return [str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ports]
+def port_text(lo: int, hi: int) -> str:
+    return str(lo) if lo == hi else f"{lo}-{hi}"
 
 
 def _set_of(items) -> str:
     items = [str(i) for i in items]
     return items[0] if len(items) == 1 else "{ " + ", ".join(items) + " }"
-
-
-def _q(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-_ = ipaddress  # re-exported types in annotations only
