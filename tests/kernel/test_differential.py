@@ -1,0 +1,55 @@
+"""The kernel against the oracle: for generated documents and packets, the verdict a real
+packet gets in a namespace, and the rule whose counter it moves, equal the evaluator's.
+
+SGAGENT_DIFF_EXAMPLES sets the number of documents (default 200; a long soak: 5000).
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sgagent.load import parse_data
+from sgagent.verify import Expectation, check, outcome_of
+from sgagent.evaluator import evaluate
+
+from ..strategies import documents, probes
+
+EXAMPLES = int(os.environ.get("SGAGENT_DIFF_EXAMPLES", "200"))
+PACKETS = int(os.environ.get("SGAGENT_DIFF_PACKETS", "30"))
+TIMEOUT = float(os.environ.get("SGAGENT_DIFF_TIMEOUT", "0.5"))
+
+
+def expectations(doc, raw) -> list[Expectation]:
+    out = []
+    for nic, direction, peer, proto, port in raw:
+        e = Expectation(nic, direction, peer, proto, port)
+        v = evaluate(doc, e.packet())
+        out.append(Expectation(nic, direction, peer, proto, port, outcome_of(v.verdict, False),
+                               v.group, v.rule))
+    return out
+
+
+def _run(sandboxes, data, rendering: str) -> None:
+    raw_doc = data.draw(documents())
+    doc = parse_data(raw_doc)
+    exps = expectations(doc, data.draw(probes(raw_doc, PACKETS)))
+    sb = sandboxes([(n.name, n.role) for n in doc.host.nics])
+    report = check(doc, exps, timeout=TIMEOUT, sandbox=sb, rendering=rendering)
+    assert report.ok, "kernel and oracle disagree\n" + report.table()
+
+
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+          suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_set_rendering_agrees_with_oracle(sandboxes, data):
+    _run(sandboxes, data, "sets")
+
+
+@settings(max_examples=max(EXAMPLES // 10, 5), deadline=None, derandomize=True, database=None,
+          suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_linear_rendering_agrees_with_oracle(sandboxes, data):
+    _run(sandboxes, data, "linear")
