@@ -144,30 +144,34 @@ class Report:
 # --- running --------------------------------------------------------------------------------
 
 def check(doc: Document, expectations: list[Expectation], *, timeout: float = 1.0,
-          prefix: str | None = None, sandbox=None, rendering: str = "sets") -> Report:
+          prefix: str | None = None, sandbox=None, backend=None,
+          rendering: str = "sets") -> Report:
     """Apply ``doc`` in a sandbox (a fresh one, or ``sandbox`` whose NICs match the
-    document's), probe, and compare with ``expectations``."""
+    document's, through ``backend`` if given so that it applies a difference), probe, and
+    compare with ``expectations``."""
+    from .nft.backend import NftBackend
     from .sandbox import Sandbox
 
     if sandbox is not None:
-        return _check_in(sandbox, doc, expectations, timeout, rendering)
+        if backend is not None:
+            return _check_in(sandbox, backend, doc, expectations, timeout)
+        with NftBackend(sandbox.host_ns, rendering) as be:
+            return _check_in(sandbox, be, doc, expectations, timeout)
     nics = [(n.name, n.role) for n in doc.host.nics]
     with Sandbox(nics, prefix=prefix or f"sgv{secrets.token_hex(3)}") as sb:
-        return _check_in(sb, doc, expectations, timeout, rendering)
+        with NftBackend(sb.host_ns, rendering) as be:
+            return _check_in(sb, be, doc, expectations, timeout)
 
 
-def _check_in(sb, doc: Document, expectations: list[Expectation], timeout: float,
-              rendering: str) -> Report:
-    from .nft.backend import NftBackend
-
+def _check_in(sb, backend, doc: Document, expectations: list[Expectation],
+              timeout: float) -> Report:
     rs = compile_document(doc)
     _start_servers(sb, expectations)
-    with NftBackend(sb.host_ns, rendering) as backend:
-        backend.apply(rs)
-        forget_connections(sb.host_ns)
-        before = _counts(backend)
-        observed = _probe(sb, expectations, timeout)
-        after = _counts(backend)
+    backend.apply(rs)
+    forget_connections(sb.host_ns)
+    before = _counts(backend)
+    observed = _probe(sb, expectations, timeout)
+    after = _counts(backend)
     return compare(doc, expectations, observed, before, after)
 
 

@@ -5,6 +5,7 @@ network namespace (every call then runs on a thread that entered it)."""
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 
 from .. import netns
@@ -206,4 +207,16 @@ def _normalised(listing: str) -> list[str]:
             head.append(line)
     order = {"counter": 0, "set": 1, "map": 2, "chain": 3}
     blocks.sort(key=lambda b: (order.get(b[0].split()[0], 9), b[0]))
-    return head + [line for b in blocks for line in b] + (["}\n"] if head else [])
+    return head + [line for b in blocks for line in _sorted_elements(b)] + (["}\n"] if head else [])
+
+
+def _sorted_elements(block: list[str]) -> list[str]:
+    """A set or map's elements one per line, sorted (nft lists them in insertion order)."""
+    text = "".join(block)
+    m = re.search(r"elements = \{(.*?)\}\n", text, flags=re.S)
+    if not m:
+        return block
+    items = sorted(i.strip() for i in m.group(1).split(",") if i.strip())
+    listed = "".join(f"\t\t\t{i}\n" for i in items)
+    return (text[:m.start()] + "elements = {\n" + listed + "\t\t}\n" + text[m.end():]).splitlines(
+        keepends=True)

@@ -3,6 +3,7 @@ import secrets
 
 import pytest
 
+from sgagent.nft.backend import NftBackend
 from sgagent.sandbox import Sandbox
 
 
@@ -17,16 +18,23 @@ def sandboxes():
     the conntrack table is emptied between documents)."""
     if os.geteuid() != 0:
         pytest.skip("kernel tests need root (network namespaces, nftables)")
-    made: dict[tuple, Sandbox] = {}
+    made: dict[tuple, tuple[Sandbox, dict]] = {}
 
-    def get(nics: list[tuple[str, str]]) -> Sandbox:
+    def get(nics: list[tuple[str, str]], rendering: str = "sets") -> tuple[Sandbox, NftBackend]:
+        """The sandbox for this NIC layout and a backend per rendering that lives as long as
+        it does, so that each document is applied as a difference from the previous one."""
         key = tuple(nics)
         if key not in made:
             sb = Sandbox(list(nics), prefix=f"sgd{secrets.token_hex(3)}")
             sb.__enter__()
-            made[key] = sb
-        return made[key]
+            made[key] = (sb, {})
+        sb, backends = made[key]
+        if rendering not in backends:
+            backends[rendering] = NftBackend(sb.host_ns, rendering)
+        return sb, backends[rendering]
 
     yield get
-    for sb in made.values():
+    for sb, backends in made.values():
+        for be in backends.values():
+            be.close()
         sb.__exit__(None, None, None)

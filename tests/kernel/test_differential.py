@@ -1,5 +1,7 @@
 """The kernel against the oracle: for generated documents and packets, the verdict a real
 packet gets in a namespace, and the rule whose counter it moves, equal the evaluator's.
+Each document is applied as a difference from the previous one (the backend lives as long as
+the sandbox), and the kernel must then hold exactly what a fresh full load would.
 
 SGAGENT_DIFF_EXAMPLES sets the number of documents (default 200; a long soak: 5000).
 """
@@ -11,6 +13,7 @@ import os
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sgagent.compiler import compile_document
 from sgagent.load import parse_data
 from sgagent.verify import Expectation, check, outcome_of
 from sgagent.evaluator import evaluate
@@ -36,9 +39,11 @@ def _run(sandboxes, data, rendering: str) -> None:
     raw_doc = data.draw(documents())
     doc = parse_data(raw_doc)
     exps = expectations(doc, data.draw(probes(raw_doc, PACKETS)))
-    sb = sandboxes([(n.name, n.role) for n in doc.host.nics])
-    report = check(doc, exps, timeout=TIMEOUT, sandbox=sb, rendering=rendering)
+    sb, backend = sandboxes([(n.name, n.role) for n in doc.host.nics], rendering)
+    report = check(doc, exps, timeout=TIMEOUT, sandbox=sb, backend=backend)
     assert report.ok, "kernel and oracle disagree\n" + report.table()
+    # The difference the backend sent left exactly what a fresh full load would.
+    assert backend.diff(compile_document(doc)) == ""
 
 
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
