@@ -382,7 +382,7 @@ class Sandbox:
         return results  # type: ignore[return-value]
 
     # ----------------------------------------------------------- workloads
-    def add_workload(self, ifname: str = "wl0", addr4: str = "172.31.0.2/24", addr6: str = "fd00:ff::2/64") -> Workload:
+    def add_workload(self, ifname: str = "wl0", addr4: str = "10.250.0.2/24", addr6: str = "fd00:ff::2/64") -> Workload:
         """A namespace behind an extra, unmanaged host NIC ``ifname``, with forwarding on.
 
         Peers reaching the workload's addresses cross the host's forward hook.

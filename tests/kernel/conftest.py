@@ -12,6 +12,12 @@ def pytest_collection_modifyitems(items):
         item.add_marker(pytest.mark.kernel)
 
 
+@pytest.fixture
+def root():
+    if os.geteuid() != 0:
+        pytest.skip("kernel tests need root (network namespaces, nftables)")
+
+
 @pytest.fixture(scope="session")
 def sandboxes():
     """One sandbox per NIC layout, reused across documents (applies replace the ruleset and

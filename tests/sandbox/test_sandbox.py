@@ -298,7 +298,7 @@ def test_bad_input_is_reported_clearly() -> None:
 
 def test_workload_traffic_crosses_the_forward_hook() -> None:
     with Sandbox(NICS) as box:
-        wl = box.add_workload("wl0", "172.31.0.2/24", "fd00:ff::2/64")
+        wl = box.add_workload("wl0", "10.250.0.2/24", "fd00:ff::2/64")
         assert wl.ns in _namespaces(box.prefix)
         probes = [Probe(nic, d, peer, proto, port, workload="wl0")
                   for nic in ("eth0", "eth1") for d in ("inbound", "outbound")
