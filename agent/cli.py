@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import sys
@@ -151,9 +152,10 @@ def make_packet(doc: Document, nic: str, direction: str, peer: str, protocol: st
     names = [n.name for n in doc.host.nics]
     if nic not in names:
         raise UserError(f"--nic: {nic!r} is not a NIC of this host ({', '.join(names)})")
-    direction = {"ingress": "inbound", "egress": "outbound"}.get(direction.lower(), direction.lower())
-    if direction not in ("inbound", "outbound"):
+    from .model import _DIRECTIONS  # the document's spellings: ingress, egress, in, out, ...
+    if direction.strip().lower() not in _DIRECTIONS:
         raise UserError(f"--direction: {direction!r} is not inbound or outbound")
+    direction = _DIRECTIONS[direction.strip().lower()]
     try:
         addr = ipaddress.ip_address(peer)
     except ValueError:
@@ -185,8 +187,19 @@ def status(netns: Optional[str] = NetnsOpt,
            as_json: bool = typer.Option(False, "--json", help="print JSON"),
            backend: str = typer.Option("nftables", help="nftables")) -> None:
     """Live rules with their packet and byte counts."""
+    from .metrics import NetlinkError, counter_reader
     with _backend(backend, netns) as be:
-        readings = be.counters()
+        # The metrics collector's reader: the same counters, in one consistent read.
+        read = counter_reader(be)
+        try:
+            readings = read()
+        except NetlinkError as exc:
+            if exc.errno == errno.EPERM:
+                raise UserError("the kernel said 'Operation not permitted': run as root "
+                                "(needs CAP_NET_ADMIN)") from None
+            raise UserError(str(exc)) from None
+        finally:
+            getattr(read, "close", lambda: None)()
     rows = [{"group": r.key.group, "rule": r.key.rule, "nic": r.key.nic,
              "direction": r.key.direction, "policy": r.key.policy,
              "packets": r.packets, "bytes": r.bytes} for r in readings]
@@ -223,6 +236,33 @@ def verify(file: Path = typer.Argument(..., help="host document"),
     ok = run_verify(doc, timeout=timeout, as_json=as_json, echo=typer.echo)
     if not ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def run(config: Optional[Path] = typer.Option(
+        None, "--config", "-c",
+        help="daemon config (default: a file source at /etc/sgagent/host.yaml)")) -> None:
+    """Run the agent daemon: follow the source and keep the kernel in step (docs/DAEMON.md)."""
+    from .daemon.config import default_config, load_config
+    from .daemon.daemon import run as run_daemon
+    cfg = load_config(config) if config is not None else default_config()
+    rc = run_daemon(cfg)
+    if rc:
+        raise typer.Exit(rc)
+
+
+@app.command(hidden=True)
+def restore(config: Optional[Path] = typer.Option(None, "--config", "-c",
+                                                  help="daemon config (for state_dir, netns)"),
+            state_dir: Optional[str] = typer.Option(None, "--state-dir",
+                                                    help="overrides the config's state_dir"),
+            netns: Optional[str] = NetnsOpt) -> None:
+    """Apply the last known good document once (sgagent-restore.service, at boot)."""
+    from .daemon.config import default_config, load_config
+    from .daemon.restore import restore as do_restore
+    cfg = load_config(config) if config is not None else default_config()
+    result = do_restore(state_dir or cfg.state_dir, netns if netns is not None else cfg.netns)
+    typer.echo(result.message)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,13 @@ from .checks import document_errors
 from .model import Document
 
 MAX_BYTES = 64 * 1024 * 1024
+# A host document nests about seven levels deep.  libyaml's C composer recurses once per level
+# without a limit, so a small file of "[[[[..." crashes the interpreter (SIGSEGV) instead of
+# raising; the nesting is checked on the (iterative) event stream before composing.
+MAX_DEPTH = 200
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_OPEN = (yaml.SequenceStartEvent, yaml.MappingStartEvent)
+_CLOSE = (yaml.SequenceEndEvent, yaml.MappingEndEvent)
 
 
 class DocumentError(Exception):
@@ -28,6 +34,13 @@ class DocumentError(Exception):
         n = len(self.errors)
         head = f"{self.source}: refused, {n} error{'s' if n != 1 else ''}"
         return "\n".join([head] + [f"  {e}" for e in self.errors])
+
+
+class UnreadableFile(DocumentError):
+    """The file could not be read at all (missing, a directory, no permission): one line."""
+
+    def render(self) -> str:
+        return f"{self.source}: " + "; ".join(self.errors)
 
 
 def format_loc(loc: tuple[Any, ...]) -> str:
@@ -84,16 +97,19 @@ def parse_bytes(raw: bytes, source: str = "document") -> Document:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise DocumentError([f"(document): not UTF-8 text (byte {exc.start})"], source) from None
-    stripped = text.lstrip()
+    json_error: json.JSONDecodeError | None = None
     try:
-        if stripped.startswith("{"):
-            data = json.loads(text)
-        else:
-            data = yaml.load(text, Loader=_Loader)
-    except json.JSONDecodeError as exc:
-        raise DocumentError([f"(document): not valid JSON: {exc.msg} at line {exc.lineno} "
-                             f"column {exc.colno}"], source) from None
+        if text.lstrip().startswith("{"):
+            try:
+                return parse_data(json.loads(text), source)
+            except json.JSONDecodeError as exc:
+                json_error = exc  # perhaps a YAML flow mapping: {version: 1, ...}
+        _check_depth(text, source)
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
+        if json_error is not None:  # neither JSON nor YAML: the JSON error is the one that helps
+            raise DocumentError([f"(document): not valid JSON: {json_error.msg} at line "
+                                 f"{json_error.lineno} column {json_error.colno}"], source) from None
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
@@ -103,17 +119,33 @@ def parse_bytes(raw: bytes, source: str = "document") -> Document:
     return parse_data(data, source)
 
 
+def _check_depth(text: str, source: str) -> None:
+    # Every collection starts at its own indicator character; with few of them the document
+    # cannot nest deeply and the extra pass is skipped.
+    if sum(text.count(c) for c in "[{-:?") <= MAX_DEPTH:
+        return
+    depth = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, _OPEN):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise DocumentError([f"(document): nested more than {MAX_DEPTH} levels deep"],
+                                    source)
+        elif isinstance(event, _CLOSE):
+            depth -= 1
+
+
 def load_file(path: str | Path) -> Document:
     p = Path(path)
     try:
         with p.open("rb") as fh:
             raw = fh.read(MAX_BYTES + 1)
     except FileNotFoundError:
-        raise DocumentError(["no such file"], str(path)) from None
+        raise UnreadableFile(["no such file"], str(path)) from None
     except IsADirectoryError:
-        raise DocumentError(["is a directory, not a file"], str(path)) from None
+        raise UnreadableFile(["is a directory, not a file"], str(path)) from None
     except PermissionError:
-        raise DocumentError(["permission denied"], str(path)) from None
+        raise UnreadableFile(["permission denied"], str(path)) from None
     except OSError as exc:
-        raise DocumentError([exc.strerror or str(exc)], str(path)) from None
+        raise UnreadableFile([exc.strerror or str(exc)], str(path)) from None
     return parse_bytes(raw, str(path))

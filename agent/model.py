@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     BaseModel,
+    ValidationError,
+    ValidationInfo,
     BeforeValidator,
     ConfigDict,
     WithJsonSchema,
@@ -20,6 +22,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
@@ -68,10 +71,37 @@ SERVICES: dict[str, tuple[str, tuple[tuple[int, int], ...] | None]] = {
 PortRange = tuple[int, int]
 
 
-def _enum_schema(table: dict[str, str], what: str) -> WithJsonSchema:
+def _ci_pattern(words) -> str:
+    """A JSON Schema (ECMA-262) pattern matching any of ``words`` in any letter case."""
+    def ci(word: str) -> str:
+        assert re.fullmatch(r"[A-Za-z0-9-]+", word), word  # nothing to escape
+        return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in word)
+    return "^(" + "|".join(ci(w) for w in sorted(words)) + ")$"
+
+
+def _ci_enum_schema(words, description: str, *, nullable: bool = False) -> WithJsonSchema:
+    """The schema of a field the model reads case-insensitively (``ACCEPT``, ``Ingress``, ``-1``):
+    the printed schema accepts what the agent accepts."""
+    words = sorted(set(words))
+    branches: list[dict[str, Any]] = [{"type": "string", "pattern": _ci_pattern(words),
+                                       "examples": words}]
+    numbers = sorted(int(w) for w in words if re.fullmatch(r"-?\d+", w))
+    if numbers:
+        branches.append({"type": "integer", "enum": numbers})
+    if nullable:
+        branches.append({"type": "null"})
+    schema: dict[str, Any] = branches[0] if len(branches) == 1 else {"anyOf": branches}
+    return WithJsonSchema({**schema, "description": description})
+
+
+def _enum_schema(table: dict[str, str], what: str, *, nullable: bool = False) -> WithJsonSchema:
     canon = sorted(set(table.values()))
-    return WithJsonSchema({"type": "string", "enum": sorted(set(table) | set(canon)),
-                           "description": f"{what}: {' | '.join(canon)} (case-insensitive)"})
+    return _ci_enum_schema(set(table) | set(canon),
+                           f"{what}: {' | '.join(canon)} (case-insensitive)", nullable=nullable)
+
+
+_ACCOUNT_SCHEMA = WithJsonSchema({"type": ["string", "integer", "null"],
+                                  "description": "owner account; defaults to the host's"})
 
 
 def _enum(table: dict[str, str], what: str):
@@ -197,15 +227,31 @@ def parse_peer(value: Any) -> tuple[PeerItem, ...] | None:
     if not items:
         raise ValueError("empty peer list")
     out: list[PeerItem] = []
-    for item in items:
+    problems: list[tuple[str | int, str]] = []
+    for k, item in enumerate(items):
         if isinstance(item, GroupPeer):
             out.append(item)
         elif isinstance(item, dict):
-            out.append(GroupPeer.model_validate(item))
+            try:
+                out.append(GroupPeer.model_validate(item))
+            except ValidationError as exc:
+                if not isinstance(value, (list, tuple)):
+                    raise
+                raise ValidationError.from_exception_data("peer", [  # located at its index
+                    InitErrorDetails(type=e["type"], loc=(k, *e["loc"]), input=e["input"],
+                                     **({"ctx": e["ctx"]} if "ctx" in e else {}))  # type: ignore[typeddict-item]
+                    for e in exc.errors(include_url=False)]) from None
         elif isinstance(item, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
             out.append(item)
         else:
-            out.append(parse_network(item))
+            try:
+                out.append(parse_network(item))
+            except ValueError as exc:
+                problems.append((k, str(exc)))
+    if problems:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(problems[0][1])
+        raise _field_errors("peer", value, problems)
     return tuple(out)
 
 
@@ -229,6 +275,15 @@ Ports = Annotated[
 ]
 
 
+def _field_errors(model: str, data: Any, problems: list[tuple[str | int, str]]) -> ValidationError:
+    """Errors of a whole-model check, each located at the field it is about (``rules[3].ports``,
+    not ``rules[3]``); pydantic nests the locations of a ValidationError raised in a validator."""
+    return ValidationError.from_exception_data(model, [
+        InitErrorDetails(type=PydanticCustomError("value_error", "{problem}", {"problem": msg}),
+                         loc=(field,), input=data)
+        for field, msg in problems])
+
+
 def _rule_proto_ports(data: dict[str, Any]) -> dict[str, Any]:
     """Resolve ``service`` into protocol/ports and check the protocol/port combination."""
     if not isinstance(data, dict):
@@ -236,9 +291,9 @@ def _rule_proto_ports(data: dict[str, Any]) -> dict[str, Any]:
     data = dict(data)
     if data.get("service") is not None:
         if data.get("protocol") is not None or data.get("ports") is not None:
-            raise ValueError("service excludes protocol and ports")
+            raise _field_errors("rule", data, [("service", "service excludes protocol and ports")])
     elif data.get("protocol") is None:
-        raise ValueError("a rule needs a protocol or a service")
+        raise _field_errors("rule", data, [("protocol", "a rule needs a protocol or a service")])
     return data
 
 
@@ -246,7 +301,7 @@ class _Matchable(Strict):
     """What a rule and a failsafe entry have in common: the match."""
     direction: Annotated[Direction, BeforeValidator(_enum(_DIRECTIONS, "direction")), _enum_schema(_DIRECTIONS, "direction")]
     protocol: Annotated[Protocol | None, BeforeValidator(_enum(_PROTOCOLS, "protocol")),
-                        _enum_schema(_PROTOCOLS, "protocol")] = None
+                        _enum_schema(_PROTOCOLS, "protocol", nullable=True)] = None
     ports: Ports = Field(default=None, description="tcp/udp destination ports; default all")
     service: Annotated[str | None, BeforeValidator(_lower)] = Field(
         default=None, description="instead of protocol and ports: " + ", ".join(SERVICES))
@@ -265,20 +320,36 @@ class _Matchable(Strict):
             raise ValueError(f"{v!r} is not a service (one of {', '.join(SERVICES)})")
         return v
 
+    # Checks across fields are field validators where they can be (fields are validated in
+    # declaration order, so ``info.data`` holds the earlier ones if they were valid): they are
+    # then reported together with the errors of the rule's other fields.
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, v: Any, info: ValidationInfo) -> Any:
+        protocol = info.data.get("protocol")
+        if v is not None and protocol in ("icmp", "icmpv6", "gre", "all"):
+            raise ValueError(f"protocol {protocol} takes no ports")
+        return v
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is not None and info.data.get("direction") == "outbound":
+            raise ValueError("source is for inbound rules; outbound rules name a destination")
+        return v
+
+    @field_validator("destination")
+    @classmethod
+    def _destination(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is not None and info.data.get("direction") == "inbound":
+            raise ValueError("destination is for outbound rules; inbound rules name a source")
+        return v
+
     @model_validator(mode="after")
     def _after(self):
-        problems = []
-        if self.protocol in ("icmp", "icmpv6", "gre", "all") and self.ports is not None:
-            problems.append(f"protocol {self.protocol} takes no ports")
-        if self.direction == "inbound" and self.destination is not None:
-            problems.append("destination is for outbound rules; inbound rules name a source")
-        if self.direction == "outbound" and self.source is not None:
-            problems.append("source is for inbound rules; outbound rules name a destination")
-        elif self.peer is None:
+        if self.peer is None and not (self.direction == "outbound" and self.source is not None):
             want = "source" if self.direction == "inbound" else "destination"
-            problems.append(f"a rule needs a peer: {want} is missing")
-        if problems:
-            raise ValueError("; ".join(problems))
+            raise _field_errors("rule", self, [(want, f"a rule needs a peer: {want} is missing")])
         return self
 
     @property
@@ -303,8 +374,13 @@ class _Matchable(Strict):
 class Rule(_Matchable):
     id: str | None = Field(default=None, description="stable name; default <group>/<index>")
     policy: Annotated[Policy, BeforeValidator(_enum(_POLICIES, "policy")), _enum_schema(_POLICIES, "policy")] = "accept"
-    priority: int = Field(default=1, description="1..100, 1 is highest")
-    nic: Annotated[NicSide | None, BeforeValidator(_lower)] = Field(
+    priority: Annotated[int, WithJsonSchema({
+        "anyOf": [{"type": "integer", "minimum": 1, "maximum": 100},
+                  {"type": "string", "pattern": "^[0-9]+$"}],
+        "description": "1..100, 1 is highest"})] = 1
+    nic: Annotated[NicSide | None, BeforeValidator(_lower),
+                   _ci_enum_schema(["intranet", "internet"], "classic only: intranet | internet",
+                                   nullable=True)] = Field(
         default=None, description="classic only: intranet | internet")
     description: str | None = None
 
@@ -334,10 +410,14 @@ class FailsafeEntry(_Matchable):
 
 
 class SecurityGroup(Strict):
-    account: str | None = Field(default=None, description="owner account; defaults to the host's")
-    type: Annotated[GroupType, BeforeValidator(_lower)] = "basic"
+    account: Annotated[str | None, _ACCOUNT_SCHEMA] = None
+    type: Annotated[GroupType, BeforeValidator(_lower),
+                    _ci_enum_schema(["basic", "enterprise"], "basic | enterprise")] = "basic"
     inner_access: Annotated[Literal["accept", "drop"] | None,
-                            BeforeValidator(_enum(_POLICIES, "inner_access"))] = Field(
+                            BeforeValidator(_enum(_POLICIES, "inner_access")),
+                            _ci_enum_schema(["accept", "allow", "drop", "deny"],
+                                            "basic only: accept (default) | drop",
+                                            nullable=True)] = Field(
         default=None, description="basic only: accept (default) | drop")
     members: tuple[Union[ipaddress.IPv4Address, ipaddress.IPv6Address], ...] = ()
     rules: tuple[Rule, ...] = ()
@@ -356,20 +436,26 @@ class SecurityGroup(Strict):
         if not isinstance(v, (list, tuple)):
             raise ValueError("members is a list of addresses")
         out = []
-        for m in v:
-            if not isinstance(m, str):
-                raise ValueError(f"{m!r} is not an address")
+        problems: list[tuple[str | int, str]] = []
+        for k, m in enumerate(v):
             try:
+                if not isinstance(m, str):
+                    raise ValueError
                 out.append(ipaddress.ip_address(m.strip().removesuffix("/32").removesuffix("/128")))
             except ValueError:
-                raise ValueError(f"{m!r} is not an address") from None
+                problems.append((k, f"{m!r} is not an address"))
+        if problems:
+            raise _field_errors("members", v, problems)
         return tuple(out)
 
-    @model_validator(mode="after")
-    def _after(self):
-        if self.type == "enterprise" and self.inner_access is not None:
+    @field_validator("inner_access")
+    @classmethod
+    def _inner_access(cls, v: str | None, info: ValidationInfo) -> str | None:
+        # A field check (``type`` is validated before it), so that it is reported even when
+        # another field of the group, such as a rule, is wrong too.
+        if v is not None and info.data.get("type") == "enterprise":
             raise ValueError("inner_access applies to basic groups only")
-        return self
+        return v
 
     @property
     def inner_accepts(self) -> bool:
@@ -378,7 +464,8 @@ class SecurityGroup(Strict):
 
 class Nic(Strict):
     name: str = Field(description="Linux interface name")
-    role: Annotated[Role, BeforeValidator(_lower)] = "vpc"
+    role: Annotated[Role, BeforeValidator(_lower),
+                    _ci_enum_schema(["vpc", "intranet", "internet"], "vpc | intranet | internet")] = "vpc"
     security_groups: tuple[str, ...] = Field(default=(), description="binding order")
 
     @field_validator("name")
@@ -396,9 +483,12 @@ class Defaults(Strict):
 
 class Host(Strict):
     instance: str
-    account: str | None = None
-    network: Annotated[Network, BeforeValidator(_lower)] = "vpc"
-    ordering: Annotated[Ordering, BeforeValidator(_lower)] = "priority"
+    account: Annotated[str | None, _ACCOUNT_SCHEMA] = None
+    network: Annotated[Network, BeforeValidator(_lower),
+                       _ci_enum_schema(["vpc", "classic"], "vpc | classic")] = "vpc"
+    ordering: Annotated[Ordering, BeforeValidator(_lower),
+                        _ci_enum_schema(["priority", "sequential"],
+                                        "priority (Alibaba) | sequential (Tencent)")] = "priority"
     nics: tuple[Nic, ...] = Field(min_length=1)
     failsafe: tuple[FailsafeEntry, ...] = ()
     defaults: Defaults = Defaults()
