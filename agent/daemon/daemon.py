@@ -1,0 +1,463 @@
+"""The reconcile loop: keep the kernel in step with the source, whatever happens.
+
+One thread (the process's main thread) owns the backend and handles, in order, what the source
+threads and the signal handlers put on one queue:
+
+* a new valid document: compiled and applied in one transaction, saved as last known good,
+  then the connections it refuses are cut (revocation);
+* an invalid document: refused, logged with its paths; the rules in force stay;
+* the source unreachable: logged (on change), retried by the source; the rules in force stay;
+  at start, the last known good document is applied instead;
+* every ``resync_interval``: the live ruleset is compared with what was applied and restored
+  if anyone flushed or edited it (counted, logged); a document the kernel refused is retried;
+* SIGHUP: the source is read again from scratch and everything is checked at once;
+* SIGTERM/SIGINT: exit 0. Nothing is removed: the kernel keeps enforcing the last rules.
+
+systemd: ``READY=1`` after the first successful apply, ``WATCHDOG=1`` from this loop (so a hung
+loop gets the service restarted), ``STATUS=`` lines, ``STOPPING=1``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import queue
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ..compiler import compile_document
+from ..ir import Ruleset
+from ..load import DocumentError
+from ..model import Document
+from .config import Config
+from .sdnotify import Notifier
+from .sources import Invalid, Snapshot, Source, SourceEvent, Unavailable, Unchanged, make_source
+from .state import StateStore
+
+try:
+    from ..metrics import AgentStats, MetricsServer, build_registry
+except ImportError:  # the metrics package is optional: the daemon works without it
+    AgentStats = MetricsServer = build_registry = None  # type: ignore[assignment,misc]
+
+log = logging.getLogger("sgagent.daemon")
+
+STARTUP_WAIT = 5.0  # seconds to wait for the source before falling back to the saved document
+
+
+class _NullStats:
+    def __getattr__(self, name: str) -> Any:
+        return lambda *a, **kw: None
+
+
+@dataclass
+class Applied:
+    doc: Document
+    ruleset: Ruleset
+    raw: bytes
+    digest: str
+    origin: str
+    live_text: str
+    at: float
+
+
+class _Signal:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+HUP, TERM = _Signal("SIGHUP"), _Signal("SIGTERM")
+
+
+class Daemon:
+    def __init__(self, cfg: Config, *, notifier: Notifier | None = None) -> None:
+        self.cfg = cfg
+        self.events: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self.notifier = notifier or Notifier()
+        self.store = StateStore(cfg.state_dir)
+        self.stats: Any = AgentStats("nftables") if AgentStats is not None else _NullStats()
+        self.backend: Any = None
+        self.revoker: Any = None
+        self.source: Source | None = None
+        self.metrics_server: Any = None
+        self.applied: Applied | None = None
+        self.desired: Snapshot | None = None
+        self.ready = False
+        self.repairs = 0
+        self.apply_failures = 0
+        self._source_down: str | None = None
+        self._lkg_tried = False
+        self._refused_digest: str | None = None
+        self._started = time.monotonic()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def run(self) -> int:
+        old = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
+        signal.signal(signal.SIGHUP, lambda *_: self.events.put(HUP))
+        signal.signal(signal.SIGTERM, lambda *_: self.events.put(TERM))
+        signal.signal(signal.SIGINT, lambda *_: self.events.put(TERM))
+        try:
+            self._open()
+            return self._loop()
+        finally:
+            self._close()
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def _open(self) -> None:
+        from ..nft.backend import NftBackend
+        self.backend = NftBackend(self.cfg.netns)
+        if self.cfg.revocation:
+            from .revoke import Revoker
+            self.revoker = Revoker(self.cfg.netns)
+        self._start_metrics()
+        self.source = make_source(self.cfg.source, self.events.put)
+        log.info("sgagent daemon starting: source %s, backend %s%s, state %s, resync every %gs, "
+                 "revocation %s", self.source.description, self.cfg.backend,
+                 f" in netns {self.cfg.netns}" if self.cfg.netns else "", self.cfg.state_dir,
+                 self.cfg.resync_interval, "on" if self.cfg.revocation else "off")
+        self.notifier.status("starting: waiting for the source")
+        self.source.start()
+
+    def _close(self) -> None:
+        for what, fn in (("source", lambda: self.source and self.source.stop()),
+                         ("metrics", lambda: self.metrics_server and self.metrics_server.close()),
+                         ("revoker", lambda: self.revoker and self.revoker.close()),
+                         ("backend", lambda: self.backend and self.backend.close())):
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 - shutting down: keep going
+                log.debug("closing %s: %s", what, exc)
+        self.notifier.close()
+
+    def _start_metrics(self) -> None:
+        m = self.cfg.metrics
+        if not m.enabled:
+            return
+        if MetricsServer is None or build_registry is None:
+            log.warning("metrics are enabled but sgagent.metrics is not available; no metrics")
+            return
+        # Enforcement matters more than metrics: a metrics endpoint that cannot be set up as
+        # configured is logged and left out (never served without its TLS or password).
+        try:
+            auth = None
+            if m.basic_auth is not None:
+                with open(m.basic_auth.password_file, encoding="utf-8") as fh:
+                    auth = (m.basic_auth.username, fh.read().strip())
+            registry = build_registry(self.stats, self.backend.counters)
+            self.metrics_server = MetricsServer(registry, m.address, m.port,
+                                                tls_cert=m.tls_cert, tls_key=m.tls_key,
+                                                basic_auth=auth).start()
+        except (OSError, ValueError) as exc:
+            log.error("metrics not served: %s", exc)
+            return
+        log.info("metrics on %s://%s:%d/metrics", "https" if m.tls_cert else "http",
+                 m.address, m.port)
+
+    # -- the loop -----------------------------------------------------------------------------
+    def _loop(self) -> int:
+        next_resync = time.monotonic() + self.cfg.resync_interval
+        wd = self.notifier.watchdog_interval
+        next_ping = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if wd is not None and now >= next_ping:
+                self.notifier.watchdog()
+                next_ping = now + wd
+            if self.applied is None and not self._lkg_tried and now - self._started >= STARTUP_WAIT:
+                self._apply_last_known_good("no answer from the source yet")
+            wait = next_resync - now
+            if wd is not None:
+                wait = min(wait, next_ping - now)
+            if self.applied is None and not self._lkg_tried:
+                wait = min(wait, self._started + STARTUP_WAIT - now)
+            try:
+                ev = self.events.get(timeout=max(0.0, wait))
+            except queue.Empty:
+                ev = None
+            if ev is TERM:
+                log.info("SIGTERM: exiting; the rules stay in force")
+                self.notifier.stopping()
+                return 0
+            if ev is HUP:
+                log.info("SIGHUP: reading the source again and checking the ruleset")
+                self.notifier.reloading()
+                assert self.source is not None
+                self.source.refresh(force=True)
+                self._resync()
+                next_resync = time.monotonic() + self.cfg.resync_interval
+                if self.ready:
+                    self.notifier.notify("READY=1", f"STATUS={self._status_text()}")
+                continue
+            if ev is not None:
+                self._handle(ev)
+            if time.monotonic() >= next_resync:
+                assert self.source is not None
+                self.source.refresh(force=False)
+                self._resync()
+                next_resync = time.monotonic() + self.cfg.resync_interval
+
+    def _handle(self, ev: SourceEvent) -> None:
+        if isinstance(ev, Unavailable):
+            self.stats.source_up(False)
+            self.stats.source_error(ev.kind)
+            if self._source_down != ev.reason:
+                log.warning("source %s unavailable: %s; the rules in force stay", ev.origin,
+                            ev.reason)
+            self._source_down = ev.reason
+            if self.applied is None and not self._lkg_tried:
+                self._apply_last_known_good(ev.reason)
+            self._status()
+            return
+        if self._source_down is not None:
+            log.info("source %s reachable again", ev.origin)
+            self._source_down = None
+        self.stats.source_up(True)
+        if isinstance(ev, Unchanged):
+            if self.applied is not None and self.desired is not None \
+                    and self.desired.digest == self.applied.digest:
+                self.stats.synced()
+            self._status()
+            return
+        if isinstance(ev, Invalid):
+            self.stats.invalid_document()
+            errs = ev.error.errors
+            log.error("refused the document from %s: %d error%s; the rules in force stay",
+                      ev.origin, len(errs), "" if len(errs) == 1 else "s")
+            for e in errs:
+                log.error("  %s", e)
+            if self.applied is None and not self._lkg_tried:
+                self._apply_last_known_good("the source's document is invalid")
+            self._status()
+            return
+        assert isinstance(ev, Snapshot)
+        self.desired = ev
+        if self.applied is not None and ev.digest == self.applied.digest:
+            self.stats.synced()
+            return
+        self._apply(ev.doc, ev.raw, ev.digest, ev.origin, "update", since=ev.at)
+
+    # -- applying -----------------------------------------------------------------------------
+    def _apply(self, doc: Document, raw: bytes, digest: str, origin: str, why: str,
+               since: float | None = None, save: bool = True) -> bool:
+        try:
+            rs = compile_document(doc)
+        except Exception as exc:  # noqa: BLE001 - a document the compiler cannot express
+            self.stats.invalid_document()
+            log.error("refused the document from %s: cannot compile it: %s", origin, exc)
+            return False
+        t0 = time.perf_counter()
+        try:
+            self._backend_apply(rs, full=why == "repair")
+        except Exception as exc:  # noqa: BLE001 - ApplyError, NftError: nothing was changed
+            dt = time.perf_counter() - t0
+            self.stats.apply_finished(dt, "failure")
+            self.apply_failures += 1
+            if self._refused_digest != digest or why != "retry":
+                log.error("applying the document from %s failed; the previous rules stay in "
+                          "force: %s", origin, exc)
+            self._refused_digest = digest
+            self._status()
+            return False
+        dt = time.perf_counter() - t0
+        self.stats.apply_finished(dt, "success")
+        self.stats.ruleset_applied(rs)
+        try:
+            live = self.backend.live_text()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("cannot read the live ruleset back: %s", exc)
+            live = ""
+        previous = self.applied
+        self.applied = Applied(doc, rs, raw, digest, origin, live, time.time())
+        self._refused_digest = None
+        rules = sum(len(c.decisions) for c in rs.chains)
+        lat = f", {1000 * (time.monotonic() - since):.1f} ms after the source changed" \
+            if since is not None else ""
+        log.info("applied the document from %s (%s): %d rule decisions on %d NICs in %.1f ms%s",
+                 origin, why, rules, len(rs.nics), 1000 * dt, lat)
+        if save:
+            try:
+                self.store.save(raw, origin)
+            except OSError as exc:
+                log.error("cannot save the last known good document in %s: %s",
+                          self.cfg.state_dir, exc)
+        if not self.ready:
+            self.ready = True
+            self.notifier.ready(self._status_text())
+            log.info("ready: the kernel enforces the document from %s", origin)
+        else:
+            self._status()
+        self.stats.synced()
+        if self.revoker is not None and (previous is None or previous.digest != digest
+                                         or why == "repair"):
+            self._revoke(doc)
+        del previous
+        _release_memory()
+        return True
+
+    def _backend_apply(self, rs: Ruleset, full: bool) -> None:
+        """``apply(rs)``; a repair asks for the whole table to be replaced (``full=True``), as a
+        backend that sends only differences from what it last loaded cannot see an edit made
+        behind its back."""
+        if full and self._backend_has_full():
+            self.backend.apply(rs, full=True)
+        else:
+            self.backend.apply(rs)
+
+    def _backend_has_full(self) -> bool:
+        import inspect
+        try:
+            return "full" in inspect.signature(self.backend.apply).parameters
+        except (TypeError, ValueError):
+            return False
+
+    def _revoke(self, doc: Document) -> None:
+        t0 = time.perf_counter()
+        try:
+            res = self.revoker.revoke(doc)
+        except Exception as exc:  # noqa: BLE001 - revocation must never stop enforcement
+            log.error("revocation failed: %s", exc)
+            return
+        self.stats.connections_revoked(res.revoked)
+        if res.revoked or res.failed:
+            log.info("revoked %d of %d tracked connections the new rules refuse (%.1f ms)%s",
+                     res.revoked, res.examined, 1000 * (time.perf_counter() - t0),
+                     f"; {res.failed} could not be deleted" if res.failed else "")
+            for f in (res.flows or [])[:20]:
+                log.info("  revoked %s", f)
+        else:
+            log.debug("revocation: none of %d tracked connections is refused", res.examined)
+
+    def _apply_last_known_good(self, reason: str) -> None:
+        self._lkg_tried = True
+        try:
+            saved = self.store.load()
+        except DocumentError as exc:
+            log.error("the saved document is unusable: %s", exc)
+            return
+        if saved is None:
+            log.warning("no usable document yet (%s) and nothing saved in %s; waiting for the "
+                        "source", reason, self.cfg.state_dir)
+            return
+        log.warning("source not usable at start (%s): applying the last known good document "
+                    "(saved %s from %s)", reason, saved.saved_at, saved.origin)
+        self._apply(saved.document, saved.raw, saved.digest,
+                    f"last known good ({saved.origin})", "fallback", save=False)
+
+    def _resync(self) -> None:
+        """The periodic full check: retry a refused document, repair drift."""
+        if self.applied is None:
+            if self.desired is not None:
+                self._apply(self.desired.doc, self.desired.raw, self.desired.digest,
+                            self.desired.origin, "retry")
+            elif not self._lkg_tried:
+                self._apply_last_known_good("no document from the source yet")
+            return
+        if self.desired is not None and self.desired.digest != self.applied.digest:
+            # the kernel refused the newest document: try again; if it still refuses and the
+            # table had been tampered with, repair it, which may be what blocked it
+            d = self.desired
+            if not self._apply(d.doc, d.raw, d.digest, d.origin, "retry") and self._check_drift():
+                self._apply(d.doc, d.raw, d.digest, d.origin, "retry")
+            return
+        self._check_drift()
+
+    def _check_drift(self) -> bool:
+        assert self.applied is not None
+        try:
+            live = self.backend.live_text()
+        except Exception as exc:  # noqa: BLE001
+            log.error("cannot read the live ruleset: %s", exc)
+            return False
+        if live == self.applied.live_text:
+            return False
+        if not live:
+            what = "the sgagent table is gone"
+        else:
+            diff = [d for d in difflib.unified_diff(self.applied.live_text.splitlines(),
+                                                    live.splitlines(), lineterm="", n=0)
+                    if d[:1] in "+-" and d[:3] not in ("+++", "---")]
+            what = f"{len(diff)} lines differ, first: {diff[0].strip() if diff else '?'}"
+        log.warning("drift: the live ruleset is not the one applied (%s); restoring it", what)
+        a = self.applied
+        if self._apply(a.doc, a.raw, a.digest, a.origin, "repair", save=False):
+            self.repairs += 1
+            self.stats.drift_repaired()
+            log.warning("drift repaired (%d repair%s since start)", self.repairs,
+                        "" if self.repairs == 1 else "s")
+            return True
+        return False
+
+    # -- status -------------------------------------------------------------------------------
+    def _status_text(self) -> str:
+        if self.applied is None:
+            return "no rules applied yet" + (f"; source down: {self._source_down}"
+                                             if self._source_down else "")
+        rules = sum(len(c.decisions) for c in self.applied.ruleset.chains)
+        text = f"enforcing {self.applied.origin} ({rules} rule decisions)"
+        if self._source_down:
+            text += f"; source down: {self._source_down}"
+        if self.desired is not None and self.desired.digest != self.applied.digest:
+            text += "; a newer document was refused by the kernel"
+        return text
+
+    def _status(self) -> None:
+        self.notifier.status(self._status_text())
+
+
+def _release_memory() -> None:
+    """After an apply the previous document, its parse and its render are garbage: collect
+    them and hand the freed heap back to the system (glibc keeps it otherwise), so that an
+    idle daemon's RSS reflects what it holds, not its peak."""
+    import ctypes
+    import gc
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def setup_logging(level: str) -> None:
+    """Plain lines on stderr (journald adds time and unit); ``<N>`` priority prefixes when
+    stderr is the journal, so that errors show as errors there."""
+    journal = bool(os.environ.get("JOURNAL_STREAM"))
+    prio = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+            logging.CRITICAL: 2}
+
+    class _Fmt(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            text = super().format(record)
+            if journal:
+                return "\n".join(f"<{prio.get(record.levelno, 6)}>{line}"
+                                 for line in text.splitlines())
+            return text
+
+    handler = logging.StreamHandler()
+    # Libraries stay quiet below WARNING even at log_level debug (pyroute2 resets its own
+    # logger's level when imported, so a filter on the handler rather than logger levels).
+    noisy = ("urllib3", "httpx", "httpcore", "watchfiles", "pyroute2", "etcd3gw", "asyncio")
+    handler.addFilter(lambda r: r.levelno >= logging.WARNING
+                      or not r.name.startswith(noisy))
+    fmt = "%(levelname)s %(message)s" if journal else \
+        "%(asctime)s.%(msecs)03d %(levelname)s %(message)s"
+    handler.setFormatter(_Fmt(fmt, datefmt="%Y-%m-%d %H:%M:%S"))
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper()))
+
+
+def run(cfg: Config) -> int:
+    setup_logging(cfg.log_level)
+    daemon = Daemon(cfg)
+    try:
+        return daemon.run()
+    except Exception:
+        if daemon.ready:  # a crash while enforcing: logged, exit 1 for Restart=on-failure
+            log.exception("the daemon crashed; the rules stay in force")
+            return 1
+        raise

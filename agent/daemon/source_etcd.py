@@ -1,0 +1,507 @@
+"""The etcd v3 source: a fleet's definitions in etcd, each host assembling its own document.
+
+Key layout (``prefix`` defaults to ``/sgagent``)::
+
+    <prefix>/groups/<group>   one security group: the mapping that would sit under
+                              security_groups.<group> in a host document (YAML or JSON)
+    <prefix>/hosts/<host>     one host's binding: the mapping that would sit under host:
+                              (instance, account, network, ordering, nics with their
+                              security_groups, failsafe, defaults)
+
+A group is written once for the whole fleet; every host whose NICs are bound to it (or whose
+groups reference it as a peer) picks up a change to it. A host's document is assembled from
+its binding plus the groups it needs (those bound to its NICs, and transitively the groups
+their rules name as peers), then validated as a whole; an error in a group that this host does
+not use does not affect it.
+
+Consistency: the first read takes the binding and the groups at one revision R; two watches
+(the binding key, the groups range) then stream every change after R. The state held is always
+that of one revision. On a reconnect the watches resume from the revision after the last one
+applied (``start_revision``), so nothing is missed across an etcd restart. If etcd compacted
+that revision away (``compact_revision`` in the watch answer), or the cluster was replaced
+(another cluster id, or a revision behind ours), everything is read again and the watches
+restart from the new revision.
+
+Requests go through etcd3gw's client (the gRPC gateway's JSON API, ``/v3/...``); the watch
+stream is read here, because etcd3gw's ``Watcher`` neither reports compaction nor the end of a
+stream.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import queue
+import socket
+import threading
+import time
+from typing import Any, Iterator
+from urllib.parse import urlsplit
+
+import yaml
+from etcd3gw.client import Etcd3Client
+
+from ..load import DocumentError, _check_depth, _Loader, parse_data
+from .config import EtcdSource as EtcdConfig
+from .sources import Backoff, Emit, Invalid, Snapshot, Source, Unavailable, Unchanged
+from .state import digest
+
+log = logging.getLogger(__name__)
+
+SETTLE = 0.005  # seconds to wait for the rest of a transaction's events (other watch)
+MAX_VALUE = 4 * 1024 * 1024
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _unb64(text: str | None) -> bytes:
+    return base64.b64decode(text) if text else b""
+
+
+def _prefix_end(prefix: str) -> str:
+    b = bytearray(prefix.encode())
+    b[-1] += 1
+    return b.decode()
+
+
+class _Stream:
+    """One watch (key or range) on its own thread, reconnecting from its last revision."""
+
+    def __init__(self, src: "EtcdSource", gen: int, name: str, key: str,
+                 range_end: str | None, start_revision: int) -> None:
+        self.src, self.gen, self.name = src, gen, name
+        self.key, self.range_end = key, range_end
+        self.revision = start_revision   # next revision this stream wants
+        self._stopped = threading.Event()
+        self._resp: Any = None
+        self.thread = threading.Thread(target=self._run, name=f"etcd-watch-{name}", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        _abort(self._resp)
+
+    def stopped(self) -> bool:
+        return self._stopped.is_set() or self.src._stop.is_set()
+
+    def _post(self, *msg: Any) -> None:
+        self.src._inbox.put((self.gen, msg))
+
+    def _run(self) -> None:
+        backoff = Backoff(self.src.cfg.backoff)
+        while not self.stopped():
+            try:
+                self._watch_once(backoff)
+            except _Compacted as exc:
+                self._post("compacted", self.name, exc.revision)
+                return
+            except Exception as exc:  # noqa: BLE001 - every failure means: reconnect
+                if self.stopped():
+                    return
+                if _is_read_timeout(exc):
+                    log.debug("etcd watch %s silent for %ss; re-created", self.name,
+                              self.src.cfg.watch_timeout)
+                    continue
+                self.src._rotate()
+                self._post("down", self.name, _reason(exc))
+                self._stopped.wait(backoff.next())
+            finally:
+                _abort(self._resp)
+                self._resp = None
+
+    def _watch_once(self, backoff: Backoff) -> None:
+        client = self.src._client()
+        create: dict[str, Any] = {"key": _b64(self.key), "start_revision": self.revision,
+                                  "progress_notify": True}
+        if self.range_end is not None:
+            create["range_end"] = _b64(self.range_end)
+        resp = client.session.post(client.get_url("/watch"), json={"create_request": create},
+                                   stream=True,
+                                   timeout=(self.src.cfg.timeout, self.src.cfg.watch_timeout))
+        self._resp = resp
+        if self.stopped():
+            return
+        if resp.status_code != 200:
+            raise _WatchError(f"watch: HTTP {resp.status_code} {resp.text[:200]}")
+        for msg in _messages(resp):
+            if self.stopped():
+                return
+            if "error" in msg:
+                err = msg["error"]
+                raise _WatchError(f"watch: {err.get('message', err) if isinstance(err, dict) else err}")
+            result = msg.get("result") or {}
+            header = result.get("header") or {}
+            if result.get("compact_revision") not in (None, "0", 0):
+                raise _Compacted(int(result["compact_revision"]))
+            if result.get("canceled"):
+                raise _WatchError(f"watch canceled: {result.get('cancel_reason') or 'no reason'}")
+            if result.get("created"):
+                backoff.reset()
+                self._post("up", self.name, int(header.get("revision", 0)),
+                           header.get("cluster_id"), self.revision)
+                continue
+            events = result.get("events")
+            if events:
+                last = max(int(e["kv"].get("mod_revision", 0)) for e in events)
+                self.revision = max(self.revision, last + 1)
+                self._post("events", self.name, events, last)
+            elif header.get("revision"):  # progress notification: nothing for us up to here
+                rev = int(header["revision"])
+                self.revision = max(self.revision, rev + 1)
+                self._post("progress", self.name, rev)
+        raise _WatchError("watch stream closed by the server")
+
+
+class EtcdSource(Source):
+    kind = "etcd"
+
+    def __init__(self, cfg: EtcdConfig, emit: Emit) -> None:
+        super().__init__(emit)
+        self.cfg = cfg
+        self.host = cfg.host_name
+        self.host_key = f"{cfg.prefix}/hosts/{self.host}"
+        self.groups_prefix = f"{cfg.prefix}/groups/"
+        self.backoff = Backoff(cfg.backoff)
+        self._inbox: "queue.SimpleQueue[tuple[int, tuple[Any, ...]]]" = queue.SimpleQueue()
+        self._endpoint = 0
+        self._api_path: str | None = None
+        self._lock = threading.Lock()
+        self._gen = 0
+        self._streams: list[_Stream] = []
+        self._down: dict[str, str] = {}
+        self.revision = 0
+        self.cluster_id: str | None = None
+        self.full_reads = 0
+        self._host_value: bytes | None = None
+        self._groups: dict[str, bytes] = {}
+        self._last_digest: str | None = None
+        self._last_kind: str | None = None
+        self._unavailable = False
+
+    @property
+    def description(self) -> str:
+        return f"etcd:{self.host_key}"
+
+    def start(self) -> None:
+        self._thread(self._run, "source-etcd")
+
+    def refresh(self, force: bool = False) -> None:
+        """The watch keeps the state current; ``force`` (SIGHUP) reads everything again."""
+        if force:
+            self._inbox.put((-1, ("refresh",)))
+
+    def stop(self) -> None:
+        super().stop()
+        for s in self._streams:
+            s.stop()
+        self._inbox.put((-1, ("stop",)))
+
+    # -- clients ------------------------------------------------------------------------------
+    def _client(self) -> Etcd3Client:
+        with self._lock:
+            url = urlsplit(self.cfg.endpoints[self._endpoint % len(self.cfg.endpoints)])
+            api_path = self._api_path
+        client = Etcd3Client(host=url.hostname or "127.0.0.1", port=url.port or 2379,
+                             protocol=url.scheme, ca_cert=self.cfg.ca_cert,
+                             cert_key=self.cfg.client_key, cert_cert=self.cfg.client_cert,
+                             timeout=self.cfg.timeout, api_path=api_path)
+        client.session.trust_env = False  # never through an HTTP proxy from the environment
+        if api_path is None:
+            path = client.api_path  # discovery (GET /version)
+            with self._lock:
+                self._api_path = path
+        return client
+
+    def _rotate(self) -> None:
+        with self._lock:
+            if len(self.cfg.endpoints) > 1:
+                self._endpoint += 1
+                self._api_path = None
+
+    # -- the sync thread ----------------------------------------------------------------------
+    def _run(self) -> None:
+        need_read, force = True, True
+        client: Etcd3Client | None = None
+        while not self._stop.is_set():
+            if need_read:
+                try:
+                    client = client or self._client()
+                    self._full_read(client)
+                except Exception as exc:  # noqa: BLE001
+                    client = None
+                    self._rotate()
+                    self._report_down(f"read: {_reason(exc)}")
+                    self._stop.wait(self.backoff.next())
+                    continue
+                self.backoff.reset()
+                need_read = False
+                self._start_streams()
+                self._publish(force)
+                force = False
+            try:
+                gen, msg = self._inbox.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            kind = msg[0]
+            if kind == "stop":
+                break
+            if kind == "refresh":
+                need_read, force = True, True
+                continue
+            if gen != self._gen:
+                continue  # from a stream of an earlier read
+            if kind == "compacted":
+                log.warning("etcd compacted revision %d away (its history now starts at %d, we "
+                            "were at %d): reading everything again", self.revision + 1, msg[2],
+                            self.revision)
+                need_read = True
+            elif kind == "down":
+                self._down[msg[1]] = msg[2]
+                self._report_down(f"watch: {msg[2]}")
+            elif kind == "up":
+                _, name, store_rev, cluster, start = msg
+                if (self.cluster_id and cluster and cluster != self.cluster_id) or \
+                        store_rev + 1 < start:
+                    log.warning("etcd was replaced (cluster %s revision %d, we are at %d): "
+                                "reading everything again", cluster, store_rev, start - 1)
+                    need_read = True
+                    continue
+                self._down.pop(name, None)
+                if not self._down and self._unavailable:
+                    self._unavailable = False
+                    log.info("etcd watch resumed from revision %d", start)
+                    self._emit(Unchanged(self.description))
+            elif kind == "progress":
+                self.revision = max(self.revision, msg[2])
+            elif kind == "events":
+                self._apply(msg[2], msg[3])
+                # the other watch may carry the rest of the same transaction
+                deadline = time.monotonic() + SETTLE
+                while True:
+                    try:
+                        gen2, msg2 = self._inbox.get(timeout=max(0.0, deadline - time.monotonic()))
+                    except queue.Empty:
+                        break
+                    if gen2 == self._gen and msg2[0] == "events":
+                        self._apply(msg2[2], msg2[3])
+                    else:
+                        self._inbox.put((gen2, msg2))  # handle it in the main loop
+                        break
+                self._publish(False)
+        for s in self._streams:
+            s.stop()
+
+    def _report_down(self, reason: str) -> None:
+        self._unavailable = True
+        self._emit(Unavailable(reason, self.description, "unreachable"))
+
+    def _full_read(self, client: Etcd3Client) -> None:
+        r = client.post(client.get_url("/kv/range"), json={"key": _b64(self.host_key)})
+        header = r.get("header") or {}
+        rev = int(header.get("revision", 0))
+        kvs = r.get("kvs") or []
+        host_value = _unb64(kvs[0].get("value")) if kvs else None
+        g = client.post(client.get_url("/kv/range"), json={
+            "key": _b64(self.groups_prefix), "range_end": _b64(_prefix_end(self.groups_prefix)),
+            "revision": rev})
+        groups = {}
+        for kv in g.get("kvs") or []:
+            name = _unb64(kv["key"]).decode("utf-8", "replace")[len(self.groups_prefix):]
+            if name and "/" not in name:
+                groups[name] = _unb64(kv.get("value"))
+        self._host_value, self._groups = host_value, groups
+        self.revision = rev
+        self.cluster_id = header.get("cluster_id") or self.cluster_id
+        self.full_reads += 1
+        log.info("etcd: read %s and %d groups at revision %d", self.host_key, len(groups), rev)
+
+    def _start_streams(self) -> None:
+        for s in self._streams:
+            s.stop()
+        self._gen += 1
+        self._down.clear()
+        start = self.revision + 1
+        self._streams = [
+            _Stream(self, self._gen, "host", self.host_key, None, start),
+            _Stream(self, self._gen, "groups", self.groups_prefix,
+                    _prefix_end(self.groups_prefix), start),
+        ]
+        for s in self._streams:
+            s.start()
+        if self._unavailable:
+            self._unavailable = False
+            self._emit(Unchanged(self.description))
+
+    def _apply(self, events: list[dict[str, Any]], revision: int) -> None:
+        for e in events:
+            kv = e.get("kv") or {}
+            key = _unb64(kv.get("key")).decode("utf-8", "replace")
+            deleted = e.get("type") == "DELETE"
+            value = None if deleted else _unb64(kv.get("value"))
+            if key == self.host_key:
+                self._host_value = value
+            elif key.startswith(self.groups_prefix):
+                name = key[len(self.groups_prefix):]
+                if not name or "/" in name:
+                    continue
+                if value is None:
+                    self._groups.pop(name, None)
+                else:
+                    self._groups[name] = value
+        self.revision = max(self.revision, revision)
+
+    # -- assembling the document --------------------------------------------------------------
+    def _publish(self, force: bool) -> None:
+        origin = f"{self.description}@{self.revision}"
+        if self._host_value is None:
+            if self._last_kind != "missing" or force:
+                self._last_kind, self._last_digest = "missing", None
+                self._emit(Unavailable(f"no binding for host {self.host!r} at key {self.host_key}",
+                                       self.description, "missing"))
+            return
+        try:
+            data = self.assemble()
+            raw = json.dumps(data, indent=1, sort_keys=True, default=str).encode()
+        except DocumentError as exc:
+            self._last_kind, self._last_digest = "invalid", None
+            self._emit(Invalid(exc, origin))
+            return
+        d = digest(raw)
+        if d == self._last_digest:
+            if force:
+                self._emit(Unchanged(self.description))
+            return
+        self._last_digest = d
+        try:
+            doc = parse_data(data, origin)
+        except DocumentError as exc:
+            self._last_kind = "invalid"
+            self._emit(Invalid(exc, origin))
+            return
+        self._last_kind = "snapshot"
+        self._emit(Snapshot(doc, raw, origin, str(self.revision)))
+
+    def assemble(self) -> dict[str, Any]:
+        """The host document: the binding plus every group it needs, as plain data."""
+        errors: list[str] = []
+        host = _parse_value(self._host_value or b"", "host", errors)
+        if errors:
+            raise DocumentError(errors, self.description)
+        if not isinstance(host, dict):
+            raise DocumentError([f"host: the binding at {self.host_key} must be a mapping"],
+                                self.description)
+        todo = []
+        nics = host.get("nics")
+        for nic in nics if isinstance(nics, list) else []:
+            bound = nic.get("security_groups") if isinstance(nic, dict) else None
+            if isinstance(bound, list):
+                todo.extend(g for g in bound if isinstance(g, str))
+        groups: dict[str, Any] = {}
+        while todo:
+            name = todo.pop(0)
+            if name in groups or name not in self._groups:
+                continue  # a missing group is reported by validation, with its path
+            data = _parse_value(self._groups[name], f"security_groups.{name}", errors)
+            groups[name] = data
+            todo.extend(_referenced_groups(data))
+        if errors:
+            raise DocumentError(errors, self.description)
+        return {"version": 1, "host": host, "security_groups": groups}
+
+
+def _parse_value(raw: bytes, path: str, errors: list[str]) -> Any:
+    if len(raw) > MAX_VALUE:
+        errors.append(f"{path}: {len(raw)} bytes is over the {MAX_VALUE} byte limit")
+        return None
+    try:
+        text = raw.decode("utf-8")
+        _check_depth(text, path)
+        return yaml.load(text, Loader=_Loader)
+    except UnicodeDecodeError as exc:
+        errors.append(f"{path}: not UTF-8 text (byte {exc.start})")
+    except DocumentError as exc:
+        errors.extend(f"{path}: {e.removeprefix('(document): ')}" for e in exc.errors)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        errors.append(f"{path}: not valid YAML: {problem}{where}")
+    except RecursionError:
+        errors.append(f"{path}: nested too deeply")
+    return None
+
+
+def _referenced_groups(group: Any) -> list[str]:
+    out: list[str] = []
+    rules = group.get("rules") if isinstance(group, dict) else None
+    for rule in rules if isinstance(rules, list) else []:
+        if not isinstance(rule, dict):
+            continue
+        for side in ("source", "destination"):
+            peer = rule.get(side)
+            for item in peer if isinstance(peer, list) else [peer]:
+                if isinstance(item, dict) and isinstance(item.get("group"), str):
+                    out.append(item["group"])
+    return out
+
+
+def _messages(resp: Any) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a gRPC-gateway stream (one per line, split across chunks at will)."""
+    buf = b""
+    for chunk in resp.iter_content(chunk_size=None):
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            if line.strip():
+                yield json.loads(line)
+    if buf.strip():
+        yield json.loads(buf)
+
+
+def _abort(resp: Any) -> None:
+    """Unblock a thread reading a streaming response (close its socket)."""
+    if resp is None:
+        return
+    try:
+        sock = resp.raw._fp.fp.raw._sock
+        sock.shutdown(socket.SHUT_RDWR)
+    except Exception:  # noqa: BLE001 - already closed, or another urllib3 layout
+        pass
+    try:
+        resp.close()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _is_read_timeout(exc: BaseException) -> bool:
+    seen = 0
+    while exc is not None and seen < 8:
+        if "Read timed out" in str(exc) or type(exc).__name__ in ("ReadTimeout", "ReadTimeoutError"):
+            return True
+        exc = exc.__cause__ or exc.__context__ or (exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None)  # type: ignore[assignment]
+        seen += 1
+    return False
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    if "Connection refused" in text:
+        return "connection refused"
+    if len(text) > 300:
+        text = text[:300] + "..."
+    return f"{type(exc).__name__}: {text}"
+
+
+class _WatchError(Exception):
+    pass
+
+
+class _Compacted(Exception):
+    def __init__(self, revision: int) -> None:
+        super().__init__(f"compacted at {revision}")
+        self.revision = revision

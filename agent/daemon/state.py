@@ -1,0 +1,101 @@
+"""Last known good: the last document the kernel accepted, kept in the state directory.
+
+One file, ``last-good.json``, written atomically (temporary file in the same directory, fsync,
+rename, fsync of the directory), so a crash or power loss leaves either the old or the new
+version, never a torn one::
+
+    {"format": 1, "saved_at": "2024-05-01T12:00:00+00:00", "origin": "etcd://...",
+     "digest": "sha256 of document", "document": "<the document text, YAML or JSON>"}
+
+``sgagent run`` applies it when the source cannot be reached at start; ``sgagent restore``
+(the ``sgagent-restore.service`` unit) applies it at boot before the network comes up.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..load import DocumentError, parse_bytes
+from ..model import Document
+
+STATE_FILE = "last-good.json"
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Saved:
+    document: Document
+    raw: bytes
+    origin: str
+    saved_at: str
+    digest: str
+
+
+def digest(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+class StateStore:
+    def __init__(self, state_dir: str | os.PathLike[str]) -> None:
+        self.dir = Path(state_dir)
+        self.path = self.dir / STATE_FILE
+
+    def save(self, raw: bytes, origin: str) -> None:
+        """Atomically replace the saved document with ``raw``."""
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        record = {
+            "format": FORMAT,
+            "saved_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "origin": origin,
+            "digest": digest(raw),
+            "document": raw.decode("utf-8"),
+        }
+        data = json.dumps(record, indent=1).encode() + b"\n"
+        fd, tmp = tempfile.mkstemp(prefix=".last-good.", suffix=".tmp", dir=self.dir)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o640)
+            os.replace(tmp, self.path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def load(self) -> Saved | None:
+        """The saved document, or None if nothing was saved yet.
+
+        Raises :class:`DocumentError` if the file is unreadable or no longer a valid document.
+        """
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise DocumentError([exc.strerror or str(exc)], str(self.path)) from None
+        try:
+            record = json.loads(data)
+            if not isinstance(record, dict) or record.get("format") != FORMAT:
+                raise ValueError("unknown format")
+            raw = record["document"].encode("utf-8")
+            origin = str(record.get("origin", "?"))
+            saved_at = str(record.get("saved_at", "?"))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise DocumentError([f"(state): not a saved document ({exc})"], str(self.path)) from None
+        doc = parse_bytes(raw, f"{self.path} (saved from {origin})")
+        return Saved(doc, raw, origin, saved_at, digest(raw))

@@ -1,0 +1,259 @@
+"""Fast checks of the daemon's parts: config, state, sd_notify, backoff, the etcd document
+assembly, revocation's packet reconstruction, and the CLI's ``run``/``restore``."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import random
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sgagent.cli import main
+from sgagent.daemon.config import (DEFAULT_DOCUMENT_PATH, Backoff as BackoffConfig,
+                                   EtcdSource as EtcdConfig, default_config, load_config,
+                                   parse_config)
+from sgagent.daemon.revoke import Flow, packets_for, refused
+from sgagent.daemon.sdnotify import Notifier
+from sgagent.daemon.source_etcd import EtcdSource
+from sgagent.daemon.sources import Backoff
+from sgagent.daemon.state import StateStore
+from sgagent.load import DocumentError, parse_data
+
+from .support import ROOT, document, dports, dump, group, host_section
+
+
+# -- config ----------------------------------------------------------------------------------
+def test_default_config_is_a_file_source_at_the_documented_path():
+    cfg = default_config()
+    assert cfg.source.kind == "file" and cfg.source.file is not None
+    assert cfg.source.file.path == DEFAULT_DOCUMENT_PATH == "/etc/sgagent/host.yaml"
+    assert cfg.backend == "nftables" and cfg.netns is None and cfg.revocation is True
+    assert cfg.state_dir == "/var/lib/sgagent" and cfg.resync_interval == 60
+    assert cfg.metrics.enabled is False and cfg.metrics.address == "127.0.0.1"
+
+
+def test_example_config_is_valid_and_matches_the_defaults():
+    cfg = load_config(ROOT / "systemd" / "agent.yaml")
+    assert cfg.source == default_config().source
+    assert cfg.metrics.port == 9469
+
+
+def test_every_config_error_is_reported_with_its_path():
+    with pytest.raises(DocumentError) as e:
+        parse_config({"source": {"etcd": {"endpoints": ["nope"], "prefix": "x/"}},
+                      "resync_interval": 0, "metrics": {"port": 70000}, "colour": "blue"})
+    errs = e.value.errors
+    assert "source.etcd.endpoints[0]: 'nope' is not an etcd client URL (http://HOST:PORT or " \
+           "https://...)" in errs
+    assert any(x.startswith("source.etcd.prefix: ") for x in errs)
+    assert any(x.startswith("resync_interval: ") for x in errs)
+    assert any(x.startswith("metrics.port: ") for x in errs)
+    assert "colour: unknown field" in errs
+
+
+@pytest.mark.parametrize("source, where", [
+    ({}, "source: give exactly one of file, https, etcd (got none)"),
+    ({"file": {}, "etcd": {}}, "source: give exactly one of file, https, etcd (got file and etcd)"),
+    ({"https": {"url": "http://cp/x"}}, "source.https.url: 'http://cp/x' is plain http"),
+    ({"https": {"url": "https://cp/x", "client_cert": "/c"}},
+     "source.https.client_key: client_cert and client_key go together"),
+    ({"https": {"url": "https://cp/x", "backoff": {"initial": 5, "max": 1}}},
+     "source.https.backoff: max (1.0) is below initial (5.0)"),
+    ({"file": {"pathh": "/x"}}, "source.file.pathh: unknown field"),
+])
+def test_source_errors(source, where):
+    with pytest.raises(DocumentError) as e:
+        parse_config({"source": source})
+    assert any(x.startswith(where) for x in e.value.errors), e.value.errors
+
+
+def test_paths_expand_credentials_directory(monkeypatch):
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", "/run/credentials/sgagent.service")
+    cfg = parse_config({"source": {"https": {"url": "https://cp/x",
+                                             "token_file": "$CREDENTIALS_DIRECTORY/token"}}})
+    assert cfg.source.https is not None
+    assert cfg.source.https.token_file == "/run/credentials/sgagent.service/token"
+
+
+def test_cli_run_bad_config_is_one_error_exit_1(tmp_path: Path, capsys):
+    assert main(["run", "--config", str(tmp_path / "missing.yaml")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"{tmp_path / 'missing.yaml'}: no such file"]
+    bad = tmp_path / "agent.yaml"
+    bad.write_text("source: {file: {path: /x}}\nrevocation: maybe\n")
+    assert main(["run", "--config", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "revocation: Input should be a valid boolean" in err
+
+
+# -- state -----------------------------------------------------------------------------------
+def test_state_saved_atomically_and_read_back(tmp_path: Path):
+    store = StateStore(tmp_path / "state")
+    assert store.load() is None
+    raw = dump(document([8080])).encode()
+    store.save(raw, "file:/etc/sgagent/host.yaml")
+    store.save(raw.replace(b"8080", b"9090"), "second")
+    saved = store.load()
+    assert saved is not None and saved.origin == "second"
+    assert saved.document.security_groups["sg-web"].rules[0].ports == ((9090, 9090),)
+    assert [p.name for p in store.dir.iterdir()] == ["last-good.json"]  # no temporary left
+    assert (store.path.stat().st_mode & 0o777) == 0o640
+
+
+def test_state_unusable_is_an_error(tmp_path: Path):
+    store = StateStore(tmp_path)
+    store.path.write_text("{not json")
+    with pytest.raises(DocumentError):
+        store.load()
+    store.path.write_text(json.dumps({"format": 1, "origin": "x",
+                                      "document": "version: 1\nhost: {}\n"}))
+    with pytest.raises(DocumentError) as e:
+        store.load()
+    assert any("host.instance" in x for x in e.value.errors)
+
+
+@pytest.mark.kernel
+def test_restore_command(ns, tmp_path: Path, capsys):
+    state = tmp_path / "state"
+    assert main(["restore", "--state-dir", str(state), "--netns", ns]) == 0
+    assert "nothing saved" in capsys.readouterr().out
+    StateStore(state).save(dump(document([8080])).encode(), "test")
+    assert main(["restore", "--state-dir", str(state), "--netns", ns]) == 0
+    assert "restored the document saved" in capsys.readouterr().out
+    assert dports(ns) == {8080}
+
+
+# -- sd_notify, backoff ----------------------------------------------------------------------
+def test_notifier_environment():
+    n = Notifier({"NOTIFY_SOCKET": "@abc", "WATCHDOG_USEC": "3000000"})
+    assert n.address == "\0abc" and n.watchdog_interval == 1.5
+    n = Notifier({"NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"})
+    assert n.address == "/run/x" and n.watchdog_interval is None  # meant for another process
+    n = Notifier({})
+    assert not n.enabled and n.notify("READY=1") is False
+    n = Notifier({"NOTIFY_SOCKET": "relative"})
+    assert not n.enabled
+
+
+def test_notifier_sends_datagrams():
+    rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    rx.bind(f"\0sgagent-unit-{os.getpid()}")
+    rx.settimeout(2)
+    n = Notifier({"NOTIFY_SOCKET": f"@sgagent-unit-{os.getpid()}"})
+    assert n.ready("enforcing x")
+    assert rx.recv(1024).decode().splitlines()[:2] == ["READY=1", "STATUS=enforcing x"]
+    n.watchdog()
+    assert rx.recv(1024) == b"WATCHDOG=1"
+    n.close()
+    rx.close()
+
+
+def test_backoff_grows_caps_and_jitters():
+    b = Backoff(BackoffConfig(initial=1, max=8, jitter=0.5), random.Random(1))
+    delays = [b.next() for _ in range(8)]
+    for d, base in zip(delays, [1, 2, 4, 8, 8, 8, 8, 8]):
+        assert base * 0.5 <= d <= base
+    assert len(set(delays)) == len(delays)  # jittered
+    b.reset()
+    assert b.next() <= 1
+
+
+# -- etcd document assembly ------------------------------------------------------------------
+def _etcd(host: dict | None, groups: dict[str, dict | str]) -> EtcdSource:
+    src = EtcdSource(EtcdConfig(host="h1"), lambda ev: None)
+    src._host_value = None if host is None else json.dumps(host).encode()
+    src._groups = {k: (v if isinstance(v, str) else yaml.safe_dump(v)).encode()
+                   for k, v in groups.items()}
+    return src
+
+
+def test_etcd_assembles_only_the_groups_a_host_needs():
+    web = group([80])
+    web["rules"].append({"direction": "inbound", "protocol": "tcp", "ports": 22,
+                         "source": [{"group": "sg-admin"}]})
+    src = _etcd(host_section(groups=["sg-web"]), {
+        "sg-web": web, "sg-admin": group([1], members=["10.0.0.9"]),
+        "sg-broken": "rules: [\n", "sg-unused": group([2])})
+    data = src.assemble()
+    assert sorted(data["security_groups"]) == ["sg-admin", "sg-web"]
+    parse_data(data)  # valid: the broken group is not this host's business
+    assert src.host_key == "/sgagent/hosts/h1" and src.groups_prefix == "/sgagent/groups/"
+
+
+def test_etcd_assembly_errors_name_the_group():
+    src = _etcd(host_section(groups=["sg-web", "sg-missing"]), {"sg-web": "rules: [\n"})
+    with pytest.raises(DocumentError) as e:
+        src.assemble()
+    assert e.value.errors[0].startswith("security_groups.sg-web: not valid YAML")
+    src = _etcd(host_section(groups=["sg-web", "sg-missing"]), {"sg-web": group([80])})
+    with pytest.raises(DocumentError) as e:
+        parse_data(src.assemble())
+    assert any("sg-missing" in x for x in e.value.errors)
+    with pytest.raises(DocumentError) as e:
+        _etcd(["not", "a", "mapping"], {}).assemble()  # type: ignore[arg-type]
+    assert e.value.errors == ["host: the binding at /sgagent/hosts/h1 must be a mapping"]
+
+
+# -- revocation: which packets a conntrack entry stands for ----------------------------------
+class FakeView:
+    def __init__(self, local: list[str], routes: dict[str, str]) -> None:
+        self.local = {ipaddress.ip_address(a) for a in local}
+        self._routes = {ipaddress.ip_address(k): v for k, v in routes.items()}
+
+    def nic_towards(self, addr):
+        return self._routes.get(addr, "lo")
+
+
+def _flow(src: str, dst: str, dport: int = 7000, proto: int = 6) -> Flow:
+    return Flow(4, proto, ipaddress.ip_address(src), ipaddress.ip_address(dst), 40000, dport,
+                None)
+
+
+def test_packets_for_inbound_outbound_forwarded():
+    view = FakeView(["10.1.0.10", "127.0.0.1"],
+                    {"10.1.0.21": "eth0", "192.0.2.7": "eth1", "172.31.0.2": "wl0"})
+    managed = {"eth0", "eth1"}
+    (p,) = packets_for(_flow("10.1.0.21", "10.1.0.10"), view, managed)  # type: ignore[arg-type]
+    assert (p.nic, p.direction, str(p.peer), p.protocol, p.port, p.sport) == \
+        ("eth0", "inbound", "10.1.0.21", "tcp", 7000, 40000)
+    (p,) = packets_for(_flow("10.1.0.10", "192.0.2.7", 443), view, managed)  # type: ignore[arg-type]
+    assert (p.nic, p.direction, str(p.peer), p.port) == ("eth1", "outbound", "192.0.2.7", 443)
+    # forwarded from eth0 to an unmanaged workload NIC: judged inbound on eth0 only
+    (p,) = packets_for(_flow("10.1.0.21", "172.31.0.2"), view, managed)  # type: ignore[arg-type]
+    assert (p.nic, p.direction) == ("eth0", "inbound")
+    # forwarded between two managed NICs: judged on both
+    ps = packets_for(_flow("10.1.0.21", "192.0.2.7"), view, managed)  # type: ignore[arg-type]
+    assert {(p.nic, p.direction) for p in ps} == {("eth0", "inbound"), ("eth1", "outbound")}
+    # the host talking to itself, or over unmanaged NICs: not judged
+    assert packets_for(_flow("127.0.0.1", "10.1.0.10"), view, managed) == []  # type: ignore[arg-type]
+    icmp = Flow(4, 1, ipaddress.ip_address("10.1.0.21"), ipaddress.ip_address("10.1.0.10"),
+                None, None, 8)
+    (p,) = packets_for(icmp, view, managed)  # type: ignore[arg-type]
+    assert (p.protocol, p.icmp_type, p.port) == ("icmp", 8, None)
+
+
+def test_refused_uses_the_evaluator():
+    doc = parse_data(document([7000], sources="10.1.0.21/32"))
+    view = FakeView(["10.1.0.10"], {"10.1.0.21": "eth0", "10.1.0.22": "eth0"})
+    cache: dict = {}
+    assert not refused(doc, _flow("10.1.0.21", "10.1.0.10"), view, {"eth0"}, cache)  # type: ignore[arg-type]
+    assert refused(doc, _flow("10.1.0.22", "10.1.0.10"), view, {"eth0"}, cache)  # type: ignore[arg-type]
+    assert refused(doc, _flow("10.1.0.21", "10.1.0.10", 7001), view, {"eth0"}, cache)  # type: ignore[arg-type]
+    # outbound is accepted by default (basic group)
+    assert not refused(doc, _flow("10.1.0.10", "10.1.0.22", 53), view, {"eth0"}, cache)  # type: ignore[arg-type]
+
+
+@pytest.mark.kernel
+def test_cli_run_missing_namespace_is_one_error(root, tmp_path: Path, capsys):
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(yaml.safe_dump({"source": {"file": {"path": str(tmp_path / "h.yaml")}},
+                                   "netns": "sgdn-does-not-exist",
+                                   "state_dir": str(tmp_path / "state")}))
+    assert main(["run", "--config", str(cfg)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: network namespace 'sgdn-does-not-exist' does not exist")
