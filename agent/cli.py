@@ -187,19 +187,15 @@ def status(netns: Optional[str] = NetnsOpt,
            as_json: bool = typer.Option(False, "--json", help="print JSON"),
            backend: str = typer.Option("nftables", help="nftables")) -> None:
     """Live rules with their packet and byte counts."""
-    from .metrics import NetlinkError, counter_reader
+    from .nft.netlink import NetlinkError
     with _backend(backend, netns) as be:
-        # The metrics collector's reader: the same counters, in one consistent read.
-        read = counter_reader(be)
         try:
-            readings = read()
+            readings = be.counters()
         except NetlinkError as exc:
             if exc.errno == errno.EPERM:
                 raise UserError("the kernel said 'Operation not permitted': run as root "
                                 "(needs CAP_NET_ADMIN)") from None
             raise UserError(str(exc)) from None
-        finally:
-            getattr(read, "close", lambda: None)()
     rows = [{"group": r.key.group, "rule": r.key.rule, "nic": r.key.nic,
              "direction": r.key.direction, "policy": r.key.policy,
              "packets": r.packets, "bytes": r.bytes} for r in readings]

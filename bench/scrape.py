@@ -41,7 +41,8 @@ import httpx
 from sgagent import netns
 from sgagent.compiler import compile_document
 from sgagent.load import parse_data
-from sgagent.metrics import AgentStats, MetricsServer, NetlinkCounterReader, build_registry
+from sgagent.metrics import AgentStats, MetricsServer, build_registry
+from sgagent.nft.netlink import NetlinkCounterReader
 from sgagent.nft.backend import NftBackend
 
 TARGET_MS = 100.0
@@ -131,13 +132,13 @@ def main() -> int:
             registry = build_registry(stats, reader)
             body = registry.exposition()                # warm up (and check)
             samples = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
-            if sorted(reader(), key=repr) != sorted(backend.counters(), key=repr):
+            if sorted(reader(), key=repr) != sorted(backend.counters_via_listing(), key=repr):
                 raise SystemExit("netlink and libnftables read different counters")
 
             gc.collect()
             scrape = timed(registry.exposition, args.scrapes)
             kernel = timed(reader, args.scrapes)
-            slow_registry = build_registry(AgentStats(backend.name), backend.counters)
+            slow_registry = build_registry(AgentStats(backend.name), backend.counters_via_listing)
             slow_registry.exposition()
             slow = timed(slow_registry.exposition, max(3, args.scrapes // 6))
             with MetricsServer(registry, "127.0.0.1", 0) as server, \

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from .. import netns
 from ..ir import CounterKey, Ruleset
 from .libnft import Nft, NftError
+from .netlink import CounterReading, NetlinkCounterReader, NetlinkError
 from .names import FAMILY, TABLE, parse_comment, set_name
 from .objects import Objects, SetDef
 from .render import render
@@ -35,13 +36,6 @@ class ApplyResult:
 
 
 @dataclass(frozen=True)
-class CounterReading:
-    key: CounterKey
-    packets: int
-    bytes: int
-
-
-@dataclass(frozen=True)
 class LiveObjects:
     chains: frozenset[str]
     sets: frozenset[str]
@@ -57,11 +51,16 @@ class NftBackend:
         self.rendering = rendering
         self._applied: Objects | None = None
         self._applied_rs: Ruleset | None = None
+        self._applied_gen: int | None = None    # ruleset generation right after our apply
+        self._reader: NetlinkCounterReader | None = None
         self._exec = netns.NetnsExecutor(netns_name)
         self._nft: Nft | None = None
 
     # -- plumbing -------------------------------------------------------------------------
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self._nft is not None:
             nft, self._nft = self._nft, None
             self._exec.call(nft.close)
@@ -98,17 +97,26 @@ class NftBackend:
         return LiveObjects(frozenset(chains), frozenset(sets), frozenset(counters), table)
 
     def counters(self) -> list[CounterReading]:
-        """Every sgagent counter with its identity, in one read of the kernel."""
+        """Every sgagent counter with its identity, in one consistent read of the kernel
+        (over netlink, on its own socket: a read never waits for an apply)."""
+        return self._netlink().__call__()
+
+    def counters_via_listing(self) -> list[CounterReading]:
+        """The same counters through libnftables' JSON listing: slower (it loads the whole
+        table), kept as an independent second reader to check the netlink one against."""
         items = self._run(lambda nft: nft.list_json(f"counters table {TABLE_REF}"))
         out = []
         for item in items:
             c = item.get("counter")
-            if not c:
-                continue
-            key = parse_comment(c.get("comment", ""))
+            key = parse_comment(c.get("comment", "")) if c else None
             if key is not None:
                 out.append(CounterReading(key, int(c.get("packets", 0)), int(c.get("bytes", 0))))
         return out
+
+    def _netlink(self) -> NetlinkCounterReader:
+        if self._reader is None:
+            self._reader = NetlinkCounterReader(self.netns_name)
+        return self._reader
 
     def live_text(self) -> str:
         """The live table as nft lists it, without counter values ('' if there is none)."""
@@ -121,11 +129,11 @@ class NftBackend:
 
     # -- writing --------------------------------------------------------------------------
     def render(self, rs: Ruleset) -> Objects:
-        if (self._applied is not None and self._applied_rs is not None
-                and rs.chains == self._applied_rs.chains):
+        old, old_rs = self._applied, self._applied_rs
+        if (old is not None and old_rs is not None and rs.chains == old_rs.chains
+                and not _guards_broken(old.guards, rs.groups)):
             # Only group members changed: every chain stays, only member sets differ.
-            objs = Objects(dict(self._applied.counters), dict(self._applied.sets),
-                           dict(self._applied.chains))
+            objs = Objects(dict(old.counters), dict(old.sets), dict(old.chains), old.guards)
             for g in rs.groups:
                 objs.sets[set_name(g.name, 4)] = SetDef("ipv4_addr", frozenset(map(str, g.v4)))
                 objs.sets[set_name(g.name, 6)] = SetDef("ipv6_addr", frozenset(map(str, g.v6)))
@@ -138,8 +146,13 @@ class NftBackend:
 
     def apply(self, rs: Ruleset, *, dry_run: bool = False, full: bool = False) -> ApplyResult:
         """Make the kernel enforce ``rs`` in one transaction.  After a first apply by this
-        backend, only the difference is sent; ``full`` (or a failed delta) replaces the whole
-        table's contents instead, also atomically.  Counters of kept rules keep counting."""
+        backend, only the difference is sent, as long as nothing else committed to the
+        namespace's ruleset since (its generation is unchanged); otherwise, with ``full``, or
+        when the delta is refused, the whole table's contents are replaced, also atomically.
+        Counters of kept rules keep counting either way."""
+        gen = self._generation()
+        if gen is None or gen != self._applied_gen:
+            self.forget()
         objs = self.render(rs)
         script, mode = None, "full"
         if not full and self._applied is not None:
@@ -152,7 +165,6 @@ class NftBackend:
         except NftError as exc:
             if mode != "delta":
                 raise ApplyError(f"the kernel refused the ruleset, nothing was changed: {exc}") from None
-            # The kernel is not what we last loaded (edited behind our back): replace it all.
             script, mode = self.replace_script(objs), "full"
             try:
                 self._run(lambda nft: nft.run(script, dry_run=dry_run))
@@ -160,15 +172,26 @@ class NftBackend:
                 raise ApplyError(
                     f"the kernel refused the ruleset, nothing was changed: {exc2}") from None
         if not dry_run:
+            after = self._generation()
+            committed = 1 if script else 0
             self._applied, self._applied_rs = objs, rs
+            # Trust the memory next time only if ours was the one commit in between.
+            self._applied_gen = after if gen is not None and after == gen + committed else None
         return ApplyResult(objs, mode, script.count("\n"))
+
+    def _generation(self) -> int | None:
+        try:
+            return self._netlink().generation()
+        except NetlinkError:
+            return None
 
     def forget(self) -> None:
         """Drop the memory of the last apply: the next one replaces the whole table."""
-        self._applied = self._applied_rs = None
+        self._applied = self._applied_rs = self._applied_gen = None
 
     def flush(self) -> bool:
         """Remove the sgagent table and everything in it; False if there was none."""
+        self.forget()
         if not self.live_objects().table:
             return False
         self._run(lambda nft: nft.run(f"delete table {TABLE_REF}"))
@@ -189,6 +212,19 @@ class NftBackend:
         have = self.live_text()
         return "".join(difflib.unified_diff(
             _normalised(have), _normalised(want), fromfile="live", tofile="apply"))
+
+
+def _guards_broken(guards, groups) -> bool:
+    """Whether a member now sits where the rendering assumed none of its group's would."""
+    for g in groups:
+        ranges = guards.get(g.name)
+        if not ranges:
+            continue
+        for a in (*g.v4, *g.v6):
+            n = int(a)
+            if any(fam == a.version and lo <= n <= hi for fam, lo, hi in ranges):
+                return True
+    return False
 
 
 def _normalised(listing: str) -> list[str]:

@@ -20,13 +20,14 @@ class SetDef:
     elements: frozenset[str]        # set elements, or map keys
     values: tuple[tuple[str, str], ...] | None = None  # map: sorted (key, value) pairs
     interval: bool = False
+    value_type: str = "verdict"     # a map's values: verdict | counter (named counter objects)
 
     @property
     def is_map(self) -> bool:
         return self.values is not None
 
     def body(self, with_elements: bool = True) -> str:
-        typ = f"type {self.type} : verdict;" if self.is_map else f"type {self.type};"
+        typ = f"type {self.type} : {self.value_type};" if self.is_map else f"type {self.type};"
         flags = " flags interval;" if self.interval else ""
         items = ""
         if with_elements and self.elements:
@@ -48,6 +49,9 @@ class Objects:
     sets: dict[str, SetDef] = field(default_factory=dict)       # sets and verdict maps
     chains: dict[str, tuple[str | None, tuple[str, ...]]] = field(default_factory=dict)
     #        name -> (base chain header or None, rules)
+    guards: dict[str, set[tuple[int, int, int]]] = field(default_factory=dict)
+    #        group -> (family, first, last) address ranges none of its members may enter
+    #        without the chains being rendered again (see setrender)
 
     def text(self) -> str:
         """The whole table in nft's block syntax: what ``sgagent compile`` prints."""
@@ -85,7 +89,8 @@ class Objects:
         """Only what differs from ``old`` (which must be what the kernel holds now), as one
         transaction.  Counter names hash their whole identity, so a kept name keeps its
         comment and its count."""
-        create: list[str] = []    # new counters, sets, maps, chains
+        create: list[str] = []    # new counters, sets, maps
+        new_chains: list[str] = []  # new chains, empty (map elements may jump to them)
         flush: list[str] = []     # chains whose rules change or go
         unelem: list[str] = []    # elements that go
         recreate: list[str] = []  # sets whose type changed: delete and add again
@@ -101,7 +106,8 @@ class Objects:
             if o is None:
                 create.append(f"add {kind} {REF} {name} {s.body()}")
                 continue
-            if (o.type, o.interval, o.is_map) != (s.type, s.interval, s.is_map):
+            if (o.type, o.interval, o.is_map, o.value_type) != (s.type, s.interval, s.is_map,
+                                                                s.value_type):
                 recreate.append(f"delete {'map' if o.is_map else 'set'} {REF} {name}")
                 recreate.append(f"add {kind} {REF} {name} {s.body()}")
                 continue
@@ -122,7 +128,7 @@ class Objects:
                 continue
             if prev is None:
                 body = f" {{ {header} }}" if header else ""
-                create.append(f"add chain {REF} {name}{body}")
+                new_chains.append(f"add chain {REF} {name}{body}")
             else:
                 flush.append(f"flush chain {REF} {name}")
             rules.extend(f"add rule {REF} {name} {r}" for r in chain_rules)
@@ -133,7 +139,7 @@ class Objects:
         delete += [f"delete {'map' if s.is_map else 'set'} {REF} {n}"
                    for n, s in old.sets.items() if n not in self.sets]
         delete += [f"delete counter {REF} {n}" for n in old.counters if n not in self.counters]
-        lines = create + flush + unelem + recreate + elem + rules + delete
+        lines = new_chains + create + flush + unelem + recreate + elem + rules + delete
         return "\n".join(lines) + ("\n" if lines else "")
 
 

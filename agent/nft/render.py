@@ -30,14 +30,15 @@ def render(rs: Ruleset, rendering: str = "sets") -> Objects:
     for g in rs.groups:
         objs.sets[set_name(g.name, 4)] = SetDef("ipv4_addr", frozenset(map(str, g.v4)))
         objs.sets[set_name(g.name, 6)] = SetDef("ipv6_addr", frozenset(map(str, g.v6)))
+    groups = {g.name: g for g in rs.groups}
     for chain in rs.chains:
-        rules = preamble(chain.direction) + chain_body(chain, objs) + tail(chain)
+        rules = preamble(chain.direction) + chain_body(chain, objs, groups) + tail(chain)
         objs.chains[chain_name(chain.nic, chain.direction)] = (None, tuple(rules))
     objs.chains.update(base_chains(rs))
     return objs
 
 
-def linear_body(chain: Chain, objs: Objects) -> list[str]:
+def linear_body(chain: Chain, objs: Objects, groups) -> list[str]:
     rules: list[str] = []
     for decision in chain.decisions:
         rules.extend(decision_rules(decision, chain.direction))

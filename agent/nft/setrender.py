@@ -1,29 +1,40 @@
-"""Set-compiled rendering: runs of decisions become verdict-map lookups.
+"""Set-compiled rendering: runs of decisions become map lookups.
 
-A chain's decisions are cut into runs of literal (address) matches; group-peer matches stay
-as rules on their named member sets, so a membership change is a set element update.  Each
-run is resolved first-match into disjoint elements (:mod:`sgagent.partition`) of up to three
-concatenated interval maps per family, by what the packet carries:
+A chain's decisions are split into literal parts (address peers) and group parts (a group's
+members as peer).  Literal parts are gathered into runs and each run is resolved first-match
+into disjoint elements (:mod:`sgagent.partition`) of up to three concatenated interval maps
+per family, by what the packet carries:
 
 - ``t``: address . l4proto . destination port, for tcp and udp;
 - ``i``: address . ICMP type, for icmp (v4) or icmpv6 (v6);
 - ``o``: address . l4proto, for every other protocol.
 
-Every element jumps (``goto``) to the small chain of the decision that owns it, which counts on
-that decision's named counter and gives its verdict; ``return`` there ends the NIC's chain and
-hands back to the base chain, so forwarded packets are still judged on their way out.  The
-per-packet cost is a few map lookups, whatever the number of rules.
+Each map comes twice with the same keys: a counter map whose values are the owning decisions'
+named counters (``counter name <key> map @mc...``), and a verdict map (``return`` for accept,
+which ends the NIC's chain and hands back to the base chain so forwarded packets are still
+judged on their way out; ``drop``; or ``goto reject``).
+
+Group parts stay on the group's named member set, so a membership change is an element update
+of that set.  Consecutive group parts of one group share one lookup (``ip saddr @g4_G`` then a
+map keyed on protocol and port).  A literal part may move ahead of pending group parts when no
+packet can match both: their protocols and ports do not meet, or none of the group's current
+members is in the literal part's addresses.  In the latter case the move holds only while
+that is true, so it is recorded as a guard (group -> address ranges): a membership change
+that puts a member inside a guard makes the backend render the chains again instead of only
+updating the member set.  The per-packet cost is a few lookups per run, whatever the number of
+rules.
 """
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 
-from ..ir import Chain, Decision, Match
+from ..ir import Chain, Decision, GroupSet, Match
 from ..partition import Box, Entry, resolve
-from .names import chain_name, counter_name
+from .names import chain_name, counter_name, set_name
 from .objects import Objects, SetDef
-from .render import VERB, decision_rules, verdict
+from .render import VERB
 
 _TCP, _UDP = 6, 17
 _ICMP = {4: 1, 6: 58}
@@ -33,58 +44,175 @@ _IP = {4: "ip", 6: "ip6"}
 _KINDS = ("t", "i", "o")
 
 
-def chain_body(chain: Chain, objs: Objects) -> list[str]:
-    rules: list[str] = []
-    run: list[tuple[Decision, list[Match]]] = []
+Part = tuple  # (group or None, decision, matches, rects by (family, kind))
+
+
+def chain_body(chain: Chain, objs: Objects, groups: dict[str, GroupSet]) -> list[str]:
     base = chain_name(chain.nic, chain.direction)
+    members = {name: _member_ints(g) for name, g in groups.items()}
+    rules: list[str] = []
+    run: list[Part] = []       # literal parts, rendered first
+    pending: list[Part] = []   # group parts they moved ahead of, rendered after them
+    pending_planes: dict[str, dict[tuple, Intervals]] = {}  # what each group's pending parts cover
+
+    def flush() -> None:
+        nonlocal run, pending
+        rules.extend(_map_rules(run, chain.direction, f"{base}_{len(rules)}", objs, None))
+        i = 0
+        while i < len(pending):
+            j = i
+            while j < len(pending) and pending[j][0] == pending[i][0]:
+                j += 1
+            rules.extend(_map_rules(pending[i:j], chain.direction, f"{base}_{len(rules)}",
+                                    objs, pending[i][0]))
+            i = j
+        run, pending = [], []
+        pending_planes.clear()
+
     for decision in chain.decisions:
-        literal = [m for m in decision.matches if m.group is None]
-        grouped = tuple(m for m in decision.matches if m.group is not None)
+        literal = tuple(m for m in decision.matches if m.group is None)
+        by_group: dict[str, list[Match]] = {}
+        for m in decision.matches:
+            if m.group is not None:
+                by_group.setdefault(m.group, []).append(m)
         if literal:
-            run.append((decision, literal))
-        if grouped:
-            rules += _run_rules(run, chain.direction, f"{base}_{len(rules)}", objs)
-            run = []
-            rules += decision_rules(Decision(decision.counter, decision.action, grouped),
-                                    chain.direction)
-    rules += _run_rules(run, chain.direction, f"{base}_{len(rules)}", objs)
+            part = (None, decision, literal, _part_rects(literal))
+            lines = _lines(part[3])
+            guards = []
+            for g, plane in pending_planes.items():
+                if not any(plane.get(k) and plane[k].meets(lo, hi) for k, lo, hi in lines):
+                    continue
+                if _members_in(literal, members.get(g, {})):
+                    flush()
+                    guards = []
+                    break
+                guards.append(g)
+            for g in guards:
+                objs.guards.setdefault(g, set()).update(_ranges(literal))
+            run.append(part)
+        for g, ms in by_group.items():
+            part = (g, decision, tuple(ms), _part_rects(ms))
+            pending.append(part)
+            plane = pending_planes.setdefault(g, {})
+            for k, lo, hi in _lines(part[3]):
+                plane.setdefault(k, Intervals()).add(lo, hi)
+    flush()
     return rules
 
 
-def decider(decision: Decision, objs: Objects) -> str:
-    name = "d" + counter_name(decision.counter)[1:]
-    if name not in objs.chains:
-        objs.chains[name] = (None, tuple(verdict(decision.counter, decision.action, None)))
-    return name
+class Intervals:
+    """A union of integer intervals, kept merged and sorted."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+
+    def add(self, lo: int, hi: int) -> None:
+        i = bisect.bisect_left(self.ends, lo - 1)
+        j = bisect.bisect_right(self.starts, hi + 1)
+        if i < j:
+            lo, hi = min(lo, self.starts[i]), max(hi, self.ends[j - 1])
+        self.starts[i:j] = [lo]
+        self.ends[i:j] = [hi]
+
+    def meets(self, lo: int, hi: int) -> bool:
+        i = bisect.bisect_left(self.ends, lo)
+        return i < len(self.starts) and self.starts[i] <= hi
 
 
-def _run_rules(run, direction: str, stem: str, objs: Objects) -> list[str]:
-    if not run:
+def _lines(rects: dict) -> list[tuple[tuple, int, int]]:
+    """A part's (protocol x value) rectangles as intervals on lines keyed by family, map kind
+    and protocol (the o kind has no value: its line is the protocol axis)."""
+    out = []
+    for (family, kind), rs in rects.items():
+        for p1, p2, v1, v2 in rs:
+            if kind == "o":
+                out.append(((family, kind, 0), p1, p2))
+            else:
+                out.extend(((family, kind, p), v1, v2) for p in range(p1, p2 + 1))
+    return out
+
+
+def _member_ints(g: GroupSet) -> dict[int, list[int]]:
+    return {4: sorted(int(a) for a in g.v4), 6: sorted(int(a) for a in g.v6)}
+
+
+def _members_in(literal, members: dict[int, list[int]]) -> bool:
+    for fam, lo, hi in _ranges(literal):
+        ints = members.get(fam, [])
+        k = bisect.bisect_left(ints, lo)
+        if k < len(ints) and ints[k] <= hi:
+            return True
+    return False
+
+
+def _ranges(matches) -> set[tuple[int, int, int]]:
+    return {(m.family, int(n.network_address), int(n.broadcast_address))
+            for m in matches for n in m.nets}
+
+
+def _part_rects(matches) -> dict[tuple[int, str], tuple]:
+    out: dict[tuple[int, str], tuple] = {}
+    for m in matches:
+        for kind in _KINDS:
+            r = _rects(m, kind, m.family)
+            if r:
+                out[(m.family, kind)] = out.get((m.family, kind), ()) + r
+    return out
+
+
+REJECT_CHAIN = "refuse"
+
+
+def _verdict_value(decision: Decision, objs: Objects) -> str:
+    if decision.action == "accept":
+        return "return"
+    if decision.action == "drop":
+        return "drop"
+    if REJECT_CHAIN not in objs.chains:
+        objs.chains[REJECT_CHAIN] = (None, ("meta l4proto tcp reject with tcp reset",
+                                            "reject with icmpx admin-prohibited"))
+    return f"goto {REJECT_CHAIN}"
+
+
+def _map_rules(parts: list[Part], direction: str, stem: str, objs: Objects,
+               group: str | None) -> list[str]:
+    """Two lookups per map kind with the same key: one counts on the deciding rule's named
+    counter, the other gives its verdict.  With ``group``, the parts are that group's and the
+    maps are keyed without the address, behind a lookup in the group's member set."""
+    if not parts:
         return []
     rules = []
     addr = VERB[direction][1]
     for family in (4, 6):
         for kind in _KINDS:
             entries, owners = [], []
-            for decision, matches in run:
-                for m in matches:
-                    if m.family != family:
-                        continue
-                    rects = _rects(m, kind, family)
-                    if rects:
-                        entries.append(Entry(_addrs(m), rects))
-                        owners.append(decision)
+            for _, decision, matches, rects in parts:
+                r = rects.get((family, kind))
+                if not r:
+                    continue
+                addrs = ((0, 0),) if group else tuple(
+                    a for m in matches if m.family == family for a in _addrs(m))
+                entries.append(Entry(addrs, r))
+                owners.append(decision)
             if not entries:
                 continue
             boxes = resolve(entries)
             if not boxes:
                 continue
-            name = f"m{family}{kind}_{stem}"
-            values = tuple(sorted((_key(b, kind, family), f"goto {decider(owners[b.entry], objs)}")
-                                  for b in boxes))
-            objs.sets[name] = SetDef(_map_type(kind, family), frozenset(k for k, _ in values),
-                                     values, interval=True)
-            rules.append(f"{_selector(kind, family, addr)} vmap @{name}")
+            keys = [(_key(b, kind, family, group is None), owners[b.entry]) for b in boxes]
+            counted = tuple(sorted((k, f'"{counter_name(d.counter)}"') for k, d in keys))
+            judged = tuple(sorted((k, _verdict_value(d, objs)) for k, d in keys))
+            elements = frozenset(k for k, _ in keys)
+            typ = _map_type(kind, family, group is None)
+            tag = f"g{family}{kind}" if group else f"{family}{kind}"
+            cname, vname = f"mc{tag}_{stem}", f"mv{tag}_{stem}"
+            objs.sets[cname] = SetDef(typ, elements, counted, interval=True, value_type="counter")
+            objs.sets[vname] = SetDef(typ, elements, judged, interval=True)
+            selector = _selector(kind, family, addr if group is None else None)
+            prefix = f"{_IP[family]} {addr} @{set_name(group, family)} " if group else ""
+            rules.append(f"{prefix}counter name {selector} map @{cname}")
+            rules.append(f"{prefix}{selector} vmap @{vname}")
     return rules
 
 
@@ -121,31 +249,25 @@ def _other_protocols(family: int) -> list[tuple[int, int]]:
     return out
 
 
-def _map_type(kind: str, family: int) -> str:
-    a = _ADDR_TYPE[family]
-    if kind == "t":
-        return f"{a} . inet_proto . inet_service"
-    if kind == "i":
-        return f"{a} . {'icmp_type' if family == 4 else 'icmpv6_type'}"
-    return f"{a} . inet_proto"
+def _map_type(kind: str, family: int, with_addr: bool) -> str:
+    fields = {"t": ["inet_proto", "inet_service"],
+              "i": ["icmp_type" if family == 4 else "icmpv6_type"],
+              "o": ["inet_proto"]}[kind]
+    return " . ".join(([_ADDR_TYPE[family]] if with_addr else []) + fields)
 
 
-def _selector(kind: str, family: int, addr: str) -> str:
-    a = f"{_IP[family]} {addr}"
-    if kind == "t":
-        return f"{a} . meta l4proto . th dport"
-    if kind == "i":
-        return f"{a} . {'icmp' if family == 4 else 'icmpv6'} type"
-    return f"{a} . meta l4proto"
+def _selector(kind: str, family: int, addr: str | None) -> str:
+    fields = {"t": ["meta l4proto", "th dport"],
+              "i": [f"{'icmp' if family == 4 else 'icmpv6'} type"],
+              "o": ["meta l4proto"]}[kind]
+    return " . ".join(([f"{_IP[family]} {addr}"] if addr else []) + fields)
 
 
-def _key(b: Box, kind: str, family: int) -> str:
-    a = addr_range(b.alo, b.ahi, family)
-    if kind == "t":
-        return f"{a} . {_rng(b.plo, b.phi)} . {_rng(b.vlo, b.vhi)}"
-    if kind == "i":
-        return f"{a} . {_rng(b.vlo, b.vhi)}"
-    return f"{a} . {_rng(b.plo, b.phi)}"
+def _key(b: Box, kind: str, family: int, with_addr: bool) -> str:
+    fields = {"t": [_rng(b.plo, b.phi), _rng(b.vlo, b.vhi)],
+              "i": [_rng(b.vlo, b.vhi)],
+              "o": [_rng(b.plo, b.phi)]}[kind]
+    return " . ".join(([addr_range(b.alo, b.ahi, family)] if with_addr else []) + fields)
 
 
 def _rng(lo: int, hi: int) -> str:

@@ -330,22 +330,3 @@ def test_registry_is_a_prometheus_client_registry():
     assert "sgagent_build_info" not in registry.exposition().decode()
 
 
-def test_counter_reader_reads_nftables_over_netlink():
-    from sgagent.metrics import NetlinkCounterReader, counter_reader
-
-    class Nft:
-        name, netns_name = "nftables", "sgx-h"
-
-        def counters(self):
-            return []
-
-    class Other:
-        name = "iptables"
-
-        def counters(self):
-            return []
-
-    r = counter_reader(Nft())
-    assert isinstance(r, NetlinkCounterReader) and r.netns_name == "sgx-h"
-    other = Other()
-    assert counter_reader(other) == other.counters

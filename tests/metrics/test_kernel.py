@@ -16,8 +16,9 @@ import pytest
 from sgagent.cli import main as cli_main
 from sgagent.compiler import compile_document
 from sgagent.load import parse_data
-from sgagent.metrics import AgentStats, NetlinkCounterReader, build_registry
-from sgagent.metrics import nftcounters
+from sgagent.metrics import AgentStats, build_registry
+from sgagent.nft.netlink import NetlinkCounterReader
+from sgagent.nft import netlink as nftcounters
 from sgagent.nft.backend import NftBackend
 
 from .helpers import EXPECTED, EXPECTED_DEFAULTS, host_document, traffic
@@ -122,7 +123,7 @@ def test_status_and_the_collector_read_the_same_counters(sandbox, capsys):
     with NftBackend(sandbox.host_ns) as backend, NetlinkCounterReader(sandbox.host_ns) as reader:
         backend.apply(ruleset())
         send(sandbox)
-        via_libnftables = backend.counters()
+        via_libnftables = backend.counters_via_listing()
         via_netlink = reader()
         assert sorted(via_netlink, key=repr) == sorted(via_libnftables, key=repr)
         capsys.readouterr()

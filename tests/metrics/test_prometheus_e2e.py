@@ -23,7 +23,8 @@ import pytest
 
 from sgagent.compiler import compile_document
 from sgagent.load import parse_data
-from sgagent.metrics import AgentStats, MetricsServer, NetlinkCounterReader, build_registry
+from sgagent.metrics import AgentStats, MetricsServer, build_registry
+from sgagent.nft.netlink import NetlinkCounterReader
 from sgagent.nft.backend import NftBackend
 
 from .helpers import EXPECTED, EXPECTED_DEFAULTS, MONITORING, ROOT, free_port, host_document, traffic
