@@ -93,7 +93,9 @@ def matches_of(rule: Rule | FailsafeEntry) -> tuple[Match, ...]:
         if proto_spec is None:
             continue
         proto, ports, icmp_type = proto_spec
-        collapsed = tuple(ipaddress.collapse_addresses(nets[family])) if nets[family] else ()
+        fam_nets = nets[family]
+        collapsed = (tuple(fam_nets) if len(fam_nets) == 1
+                     else tuple(ipaddress.collapse_addresses(fam_nets)) if fam_nets else ())
         if collapsed:
             out.append(Match(family, collapsed, None, proto, ports, icmp_type))
         for g in dict.fromkeys(groups):

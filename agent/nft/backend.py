@@ -12,7 +12,7 @@ from .. import netns
 from ..ir import CounterKey, Ruleset
 from .libnft import Nft, NftError
 from .netlink import CounterReading, NetlinkCounterReader, NetlinkError
-from .names import FAMILY, TABLE, parse_comment, set_name
+from .names import FAMILY, TABLE, counter_name, parse_comment, set_name
 from .objects import Objects, SetDef
 from .render import render
 
@@ -81,19 +81,23 @@ class NftBackend:
 
     # -- reading --------------------------------------------------------------------------
     def live_objects(self) -> LiveObjects:
-        items = self._run(lambda nft: nft.list_json(f"table {TABLE_REF}"))
-        chains, sets, counters, table = set(), set(), set(), False
-        for item in items:
-            if "table" in item:
-                table = True
-            elif "chain" in item:
-                chains.add(item["chain"]["name"])
-            elif "set" in item:
-                sets.add(item["set"]["name"])
-            elif "map" in item:
-                sets.add(item["map"]["name"])
-            elif "counter" in item:
-                counters.add(item["counter"]["name"])
+        """The names of what the sgagent table holds, without its rules and elements (cheap:
+        chains and tersely listed sets and maps through libnftables, counters over netlink)."""
+        def names(nft: Nft) -> tuple[set, set, bool]:
+            chains, sets = set(), set()
+            nft_items = []
+            for what, terse in (("chains", False), ("sets", True), ("maps", True)):
+                nft_items += nft.list_json(f"{what} {FAMILY}", terse=terse)
+            for item in nft_items:
+                for kind in ("chain", "set", "map"):
+                    obj = item.get(kind)
+                    if obj and obj.get("table") == TABLE:
+                        (chains if kind == "chain" else sets).add(obj["name"])
+            tables = nft.list_json(f"tables {FAMILY}", terse=True)
+            return chains, sets, any(t.get("table", {}).get("name") == TABLE for t in tables)
+
+        chains, sets, table = self._run(names)
+        counters = {counter_name(r.key) for r in self.counters()} if table else set()
         return LiveObjects(frozenset(chains), frozenset(sets), frozenset(counters), table)
 
     def counters(self) -> list[CounterReading]:

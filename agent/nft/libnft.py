@@ -14,6 +14,7 @@ from typing import Any
 _OUTPUT_STATELESS = 1 << 2
 _OUTPUT_HANDLE = 1 << 3
 _OUTPUT_JSON = 1 << 4
+_OUTPUT_TERSE = 1 << 11  # leave set and map elements out of listings
 _lib = None
 
 
@@ -60,9 +61,10 @@ class Nft:
             self._ctx = None
 
     def run(self, script: str, *, json_out: bool = False, stateless: bool = False,
-            dry_run: bool = False) -> str:
+            dry_run: bool = False, terse: bool = False) -> str:
         """Run ``script`` (nft syntax) as one transaction; return nft's output."""
-        flags = (_OUTPUT_JSON if json_out else 0) | (_OUTPUT_STATELESS if stateless else 0)
+        flags = ((_OUTPUT_JSON if json_out else 0) | (_OUTPUT_STATELESS if stateless else 0)
+                 | (_OUTPUT_TERSE if terse else 0))
         self._lib.nft_ctx_output_set_flags(self._ctx, flags)
         self._lib.nft_ctx_set_dry_run(self._ctx, dry_run)
         try:
@@ -75,10 +77,10 @@ class Nft:
             raise NftError(err.strip() or f"nft failed with code {rc}")
         return out
 
-    def list_json(self, what: str) -> list[dict[str, Any]]:
+    def list_json(self, what: str, *, terse: bool = False) -> list[dict[str, Any]]:
         """``nft -j list WHAT`` as a list of objects; [] when it does not exist."""
         try:
-            out = self.run(f"list {what}", json_out=True)
+            out = self.run(f"list {what}", json_out=True, terse=terse)
         except NftError as exc:
             if "No such file or directory" in str(exc):
                 return []

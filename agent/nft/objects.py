@@ -73,12 +73,11 @@ class Objects:
         """Replace the live table's contents with these objects, atomically, keeping the
         named counters that stay (their counts never go backwards)."""
         head = [f"add table {REF}", f"flush table {REF}"]
-        # Maps point at chains (goto): empty or remove them before any chain goes.
+        # Sets and maps go and come back whole (emptying a large interval map element by
+        # element inside the transaction that refills it costs the kernel seconds); maps may
+        # point at chains (goto), so they go before any chain does.
         for name in sorted(live_sets):
-            if name in self.sets and self.sets[name].is_map == (_kind_of_live(name) == "map"):
-                head.append(f"flush {_kind_of_live(name)} {REF} {name}")
-            else:
-                head.append(f"delete {_kind_of_live(name)} {REF} {name}")
+            head.append(f"delete {_kind_of_live(name)} {REF} {name}")
         for name in sorted(set(live_chains) - set(self.chains)):
             head.append(f"delete chain {REF} {name}")
         for name in sorted(set(live_counters) - set(self.counters)):

@@ -28,7 +28,8 @@ rules.
 from __future__ import annotations
 
 import bisect
-import ipaddress
+import hashlib
+import socket
 
 from ..ir import Chain, Decision, GroupSet, Match
 from ..partition import Box, Entry, resolve
@@ -77,18 +78,20 @@ def chain_body(chain: Chain, objs: Objects, groups: dict[str, GroupSet]) -> list
                 by_group.setdefault(m.group, []).append(m)
         if literal:
             part = (None, decision, literal, _part_rects(literal))
-            lines = _lines(part[3])
             guards = []
-            for g, plane in pending_planes.items():
-                if not any(plane.get(k) and plane[k].meets(lo, hi) for k, lo, hi in lines):
-                    continue
-                if _members_in(literal, members.get(g, {})):
-                    flush()
-                    guards = []
-                    break
-                guards.append(g)
-            for g in guards:
-                objs.guards.setdefault(g, set()).update(_ranges(literal))
+            if pending_planes:
+                lines = _lines(part[3])
+                ranges = _ranges(literal)
+                for g, plane in pending_planes.items():
+                    if not any(plane.get(k) and plane[k].meets(lo, hi) for k, lo, hi in lines):
+                        continue
+                    if _members_in(ranges, members.get(g, {})):
+                        flush()
+                        guards = []
+                        break
+                    guards.append(g)
+                for g in guards:
+                    objs.guards.setdefault(g, set()).update(ranges)
             run.append(part)
         for g, ms in by_group.items():
             part = (g, decision, tuple(ms), _part_rects(ms))
@@ -137,8 +140,8 @@ def _member_ints(g: GroupSet) -> dict[int, list[int]]:
     return {4: sorted(int(a) for a in g.v4), 6: sorted(int(a) for a in g.v6)}
 
 
-def _members_in(literal, members: dict[int, list[int]]) -> bool:
-    for fam, lo, hi in _ranges(literal):
+def _members_in(ranges, members: dict[int, list[int]]) -> bool:
+    for fam, lo, hi in ranges:
         ints = members.get(fam, [])
         k = bisect.bisect_left(ints, lo)
         if k < len(ints) and ints[k] <= hi:
@@ -206,14 +209,26 @@ def _map_rules(parts: list[Part], direction: str, stem: str, objs: Objects,
             elements = frozenset(k for k, _ in keys)
             typ = _map_type(kind, family, group is None)
             tag = f"g{family}{kind}" if group else f"{family}{kind}"
-            cname, vname = f"mc{tag}_{stem}", f"mv{tag}_{stem}"
-            objs.sets[cname] = SetDef(typ, elements, counted, interval=True, value_type="counter")
-            objs.sets[vname] = SetDef(typ, elements, judged, interval=True)
+            cmap = SetDef(typ, elements, counted, interval=True, value_type="counter")
+            vmap = SetDef(typ, elements, judged, interval=True)
+            cname, vname = f"mc{tag}_{stem}_{_digest(cmap)}", f"mv{tag}_{stem}_{_digest(vmap)}"
+            objs.sets[cname] = cmap
+            objs.sets[vname] = vmap
             selector = _selector(kind, family, addr if group is None else None)
             prefix = f"{_IP[family]} {addr} @{set_name(group, family)} " if group else ""
             rules.append(f"{prefix}counter name {selector} map @{cname}")
             rules.append(f"{prefix}{selector} vmap @{vname}")
     return rules
+
+
+def _digest(s: SetDef) -> str:
+    """Maps are named after their content: a changed map is a new map, loaded whole, and the
+    rule that uses it is rewritten.  (Adding and removing elements one by one in a large
+    interval map costs the kernel milliseconds per element; loading a map whole does not.)"""
+    h = hashlib.sha1(s.type.encode())
+    for k, v in s.values or ():
+        h.update(f"{k}\0{v}\n".encode())
+    return h.hexdigest()[:10]
 
 
 def _addrs(m: Match) -> tuple[tuple[int, int], ...]:
@@ -275,12 +290,17 @@ def _rng(lo: int, hi: int) -> str:
 
 
 def addr_range(lo: int, hi: int, family: int) -> str:
-    ip = ipaddress.IPv4Address(lo) if family == 4 else ipaddress.IPv6Address(lo)
+    ip = _ntoa(lo, family)
     if lo == hi:
-        return str(ip)
+        return ip
     size = hi - lo + 1
     if size & (size - 1) == 0 and lo % size == 0:
         bits = 32 if family == 4 else 128
         return f"{ip}/{bits - size.bit_length() + 1}"
-    end = ipaddress.IPv4Address(hi) if family == 4 else ipaddress.IPv6Address(hi)
-    return f"{ip}-{end}"
+    return f"{ip}-{_ntoa(hi, family)}"
+
+
+def _ntoa(n: int, family: int) -> str:
+    if family == 4:
+        return socket.inet_ntoa(n.to_bytes(4, "big"))
+    return socket.inet_ntop(socket.AF_INET6, n.to_bytes(16, "big"))

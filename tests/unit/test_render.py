@@ -340,10 +340,12 @@ def test_sets_verdicts_follow_the_deciding_rule():
     maps, chains = maps_of(text), chains_of(text)
     owner = {counter_name(k): k for c in rs.chains for k in c.counters}
     seen = set()
+    # Maps are named <mc|mv><tag>_<chain>_<run>_<digest of content>: pair them without it.
+    verdict_maps = {n[2:].rsplit("_", 1)[0]: m for n, m in maps.items() if n.startswith("mv")}
     for name, elements in maps.items():
         if not name.startswith("mc"):
             continue
-        verdicts = maps["mv" + name[2:]]
+        verdicts = verdict_maps[name[2:].rsplit("_", 1)[0]]
         assert set(verdicts) == set(elements), name
         for k, counter in elements.items():
             policy = owner[counter.strip('"')].policy
