@@ -5,11 +5,12 @@ network namespace (every call then runs on a thread that entered it)."""
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from dataclasses import dataclass
 
 from .. import netns
-from ..ir import CounterKey, Ruleset
+from ..ir import Ruleset
 from .libnft import Nft, NftError
 from .netlink import CounterReading, NetlinkCounterReader, NetlinkError
 from .names import FAMILY, TABLE, counter_name, parse_comment, set_name
@@ -17,6 +18,9 @@ from .objects import Objects, SetDef
 from .render import render
 
 BASE_CHAINS = ("input", "forward", "output")
+# Fault injection for tests: while the file this names exists, every transaction ends with a
+# command the kernel refuses, so it fails after the kernel has processed the rest of it.
+FAULT_ENV = "SGAGENT_FAULT_FILE"
 TABLE_REF = f"{FAMILY} {TABLE}"
 
 
@@ -165,13 +169,13 @@ class NftBackend:
             script = self.replace_script(objs)
         try:
             if script:
-                self._run(lambda nft: nft.run(script, dry_run=dry_run))
+                self._run(lambda nft: nft.run(_faulty(script), dry_run=dry_run))
         except NftError as exc:
             if mode != "delta":
                 raise ApplyError(f"the kernel refused the ruleset, nothing was changed: {exc}") from None
             script, mode = self.replace_script(objs), "full"
             try:
-                self._run(lambda nft: nft.run(script, dry_run=dry_run))
+                self._run(lambda nft: nft.run(_faulty(script), dry_run=dry_run))
             except NftError as exc2:
                 raise ApplyError(
                     f"the kernel refused the ruleset, nothing was changed: {exc2}") from None
@@ -216,6 +220,13 @@ class NftBackend:
         have = self.live_text()
         return "".join(difflib.unified_diff(
             _normalised(have), _normalised(want), fromfile="live", tofile="apply"))
+
+
+def _faulty(script: str) -> str:
+    path = os.environ.get(FAULT_ENV)
+    if path and os.path.exists(path):
+        return script + f"delete chain {TABLE_REF} injected_fault_no_such_chain\n"
+    return script
 
 
 def _guards_broken(guards, groups) -> bool:
