@@ -98,6 +98,8 @@ def summary(results: dict[str, dict[str, Any]]) -> str:
         "",
         "## Targets (issue 3)",
         "",
+        "Why each missed target is missed, and what dominates: bench/README.md.",
+        "",
         "| target | measured | status | by how much |",
         "|---|---|---|---|",
     ]

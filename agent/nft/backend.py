@@ -139,7 +139,7 @@ class NftBackend:
     def render(self, rs: Ruleset) -> Objects:
         old, old_rs = self._applied, self._applied_rs
         if (old is not None and old_rs is not None and rs.chains == old_rs.chains
-                and not _guards_broken(old.guards, rs.groups)):
+                and not _guards_broken(old.guards, rs.groups, old_rs.groups)):
             # Only group members changed: every chain stays, only member sets differ.
             objs = Objects(dict(old.counters), dict(old.sets), dict(old.chains), old.guards)
             for g in rs.groups:
@@ -229,13 +229,15 @@ def _faulty(script: str) -> str:
     return script
 
 
-def _guards_broken(guards, groups) -> bool:
-    """Whether a member now sits where the rendering assumed none of its group's would."""
+def _guards_broken(guards, groups, old_groups) -> bool:
+    """Whether a new member sits where the rendering assumed none of its group's would."""
+    before = {g.name: (frozenset(g.v4), frozenset(g.v6)) for g in old_groups}
     for g in groups:
         ranges = guards.get(g.name)
         if not ranges:
             continue
-        for a in (*g.v4, *g.v6):
+        old4, old6 = before.get(g.name, (frozenset(), frozenset()))
+        for a in [*(m for m in g.v4 if m not in old4), *(m for m in g.v6 if m not in old6)]:
             n = int(a)
             if any(fam == a.version and lo <= n <= hi for fam, lo, hi in ranges):
                 return True

@@ -102,6 +102,8 @@ class Objects:
         for name, s in self.sets.items():
             kind = "map" if s.is_map else "set"
             o = old.sets.get(name)
+            if o is s:
+                continue  # the very same object: nothing changed
             if o is None:
                 create.append(f"add {kind} {REF} {name} {s.body()}")
                 continue
