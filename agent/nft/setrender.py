@@ -216,6 +216,11 @@ def _map_rules(parts: list[Part], direction: str, stem: str, objs: Objects,
             objs.sets[vname] = vmap
             selector = _selector(kind, family, addr if group is None else None)
             prefix = f"{_IP[family]} {addr} @{set_name(group, family)} " if group else ""
+            # A cheap protocol test first, so a packet only pays for the lookups of its own
+            # kind (the i kind's "icmp type" already implies its protocol).
+            prefix += {"t": "meta l4proto { tcp, udp } ",
+                       "o": f"meta l4proto != {{ tcp, udp, {'icmp' if family == 4 else 'ipv6-icmp'} }} ",
+                       "i": ""}[kind]
             rules.append(f"{prefix}counter name {selector} map @{cname}")
             rules.append(f"{prefix}{selector} vmap @{vname}")
     return rules
