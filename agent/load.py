@@ -135,11 +135,11 @@ def _check_depth(text: str, source: str) -> None:
             depth -= 1
 
 
-def load_file(path: str | Path) -> Document:
-    p = Path(path)
+def read_file(path: str | Path, limit: int) -> bytes:
+    """At most ``limit + 1`` bytes of a file; UnreadableFile with one clear reason if not."""
     try:
-        with p.open("rb") as fh:
-            raw = fh.read(MAX_BYTES + 1)
+        with Path(path).open("rb") as fh:
+            return fh.read(limit + 1)
     except FileNotFoundError:
         raise UnreadableFile(["no such file"], str(path)) from None
     except IsADirectoryError:
@@ -148,4 +148,7 @@ def load_file(path: str | Path) -> Document:
         raise UnreadableFile(["permission denied"], str(path)) from None
     except OSError as exc:
         raise UnreadableFile([exc.strerror or str(exc)], str(path)) from None
-    return parse_bytes(raw, str(path))
+
+
+def load_file(path: str | Path) -> Document:
+    return parse_bytes(read_file(path, MAX_BYTES), str(path))

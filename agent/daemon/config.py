@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..load import DocumentError, UnreadableFile, _pydantic_errors
+from ..load import DocumentError, _pydantic_errors, read_file
 
 DEFAULT_CONFIG_PATH = "/etc/sgagent/agent.yaml"
 DEFAULT_DOCUMENT_PATH = "/etc/sgagent/host.yaml"
@@ -266,18 +266,7 @@ def parse_config(data: Any, source: str = "config") -> Config:
 
 
 def load_config(path: str | Path) -> Config:
-    p = Path(path)
-    try:
-        with p.open("rb") as fh:
-            raw = fh.read(MAX_CONFIG_BYTES + 1)
-    except FileNotFoundError:
-        raise UnreadableFile(["no such file"], str(path)) from None
-    except IsADirectoryError:
-        raise UnreadableFile(["is a directory, not a file"], str(path)) from None
-    except PermissionError:
-        raise UnreadableFile(["permission denied"], str(path)) from None
-    except OSError as exc:
-        raise UnreadableFile([exc.strerror or str(exc)], str(path)) from None
+    raw = read_file(path, MAX_CONFIG_BYTES)
     if len(raw) > MAX_CONFIG_BYTES:
         raise DocumentError([f"(config): over {MAX_CONFIG_BYTES} bytes"], str(path))
     try:
