@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from .checks import document_errors
-from .model import Document
+from .model import RULE_ID_RE, Document
 
 MAX_BYTES = 64 * 1024 * 1024
 # A host document nests about seven levels deep.  libyaml's C composer recurses once per level
@@ -76,6 +77,50 @@ def _internal(part: str) -> bool:
         "IPv4Network", "IPv6Network", "GroupPeer", "tuple[int, int]", "IPv4Address", "IPv6Address"}
 
 
+def _errors_beyond(data: dict, exc: ValidationError) -> list[str]:
+    """The whole-document errors (group references, ids, classic and vpc rules) of a document
+    that also has field errors, so that one round lists them all.
+
+    Rules, failsafe entries and members with field errors stand in as harmless placeholders
+    (a rule keeps its id, so duplicate ids still show); if an error lies anywhere else, the
+    structure itself is in doubt and only the field errors are reported."""
+    bad_rules: set[tuple[str, int]] = set()
+    bad_failsafe: set[int] = set()
+    bad_members: set[tuple[str, int]] = set()
+    for err in exc.errors(include_url=False):
+        loc = tuple(p for p in err["loc"] if isinstance(p, int) or not _internal(str(p)))
+        if len(loc) >= 4 and loc[0] == "security_groups" and loc[2] == "rules" \
+                and isinstance(loc[3], int):
+            bad_rules.add((str(loc[1]), loc[3]))
+        elif len(loc) >= 3 and loc[:2] == ("host", "failsafe") and isinstance(loc[2], int):
+            bad_failsafe.add(loc[2])
+        elif len(loc) == 4 and loc[0] == "security_groups" and loc[2] == "members" \
+                and isinstance(loc[3], int):
+            bad_members.add((str(loc[1]), loc[3]))
+        else:
+            return []
+    try:
+        patched = copy.deepcopy(data)
+        classic = str(patched["host"].get("network", "vpc")).lower() == "classic"
+        for g, i in bad_rules:
+            old = patched["security_groups"][g]["rules"][i]
+            rid = old.get("id") if isinstance(old, dict) else None
+            stand_in = {"direction": "outbound", "protocol": "tcp", "destination": "0.0.0.0/0",
+                        **({"nic": "internet"} if classic else {})}
+            if isinstance(rid, str) and RULE_ID_RE.match(rid):
+                stand_in["id"] = rid
+            patched["security_groups"][g]["rules"][i] = stand_in
+        for i in bad_failsafe:
+            patched["host"]["failsafe"][i] = {"direction": "inbound", "protocol": "tcp",
+                                              "source": "0.0.0.0/0"}
+        for g, k in bad_members:
+            patched["security_groups"][g]["members"][k] = "0.0.0.0"
+        doc = Document.model_validate(patched)
+    except (ValidationError, KeyError, IndexError, TypeError, AttributeError):
+        return []
+    return document_errors(doc)
+
+
 def parse_data(data: Any, source: str = "document") -> Document:
     if not isinstance(data, dict):
         kind = "empty" if data is None else type(data).__name__
@@ -83,7 +128,7 @@ def parse_data(data: Any, source: str = "document") -> Document:
     try:
         doc = Document.model_validate(data)
     except ValidationError as exc:
-        raise DocumentError(_pydantic_errors(exc), source) from None
+        raise DocumentError(_pydantic_errors(exc) + _errors_beyond(data, exc), source) from None
     errors = document_errors(doc)
     if errors:
         raise DocumentError(errors, source)

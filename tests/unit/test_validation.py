@@ -786,3 +786,27 @@ def test_load_file_valid(tmp_path):
     p.write_text(json.dumps(one_group(rule(service="ssh", protocol=None))))
     doc = load_file(p)
     assert doc.security_groups["sg-web"].rules[0].effective_ports == ((22, 22),)
+
+
+def test_field_and_whole_document_errors_are_listed_in_one_round():
+    """SEMANTICS section 7: every error at once, also when field errors and cross-document
+    errors (an undefined group, a duplicate id) come together."""
+    from sgagent.load import DocumentError, parse_data
+    doc = {
+        "version": 1,
+        "host": {"instance": "i", "account": "1", "nics": [
+            {"name": "eth0", "security_groups": ["sg-a", "sg-missing"]}]},
+        "security_groups": {"sg-a": {"rules": [
+            {"id": "web", "direction": "inbound", "protocol": "tcp", "ports": 70000,
+             "source": "0.0.0.0/0"},
+            {"id": "web", "direction": "inbound", "protocol": "tcp", "ports": 80,
+             "source": {"group": "sg-nope"}},
+        ]}},
+    }
+    with pytest.raises(DocumentError) as info:
+        parse_data(doc)
+    errors = "\n".join(info.value.errors)
+    assert "security_groups.sg-a.rules[0].ports: 70000 is not a port" in errors
+    assert "host.nics[0].security_groups[1]: group 'sg-missing' is not defined" in errors
+    assert "security_groups.sg-a.rules[1].id: 'web' is already the id of rules[0]" in errors
+    assert "security_groups.sg-a.rules[1].source.group: group 'sg-nope' is not defined" in errors
