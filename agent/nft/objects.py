@@ -133,12 +133,13 @@ class Objects:
             else:
                 flush.append(f"flush chain {REF} {name}")
             rules.extend(f"add rule {REF} {name} {r}" for r in chain_rules)
+        # Maps that go may jump to chains that go: the maps first.
+        delete += [f"delete {'map' if s.is_map else 'set'} {REF} {n}"
+                   for n, s in old.sets.items() if n not in self.sets]
         for name in old.chains:
             if name not in self.chains:
                 flush.append(f"flush chain {REF} {name}")
                 delete.append(f"delete chain {REF} {name}")
-        delete += [f"delete {'map' if s.is_map else 'set'} {REF} {n}"
-                   for n, s in old.sets.items() if n not in self.sets]
         delete += [f"delete counter {REF} {n}" for n in old.counters if n not in self.counters]
         lines = new_chains + create + flush + unelem + recreate + elem + rules + delete
         return "\n".join(lines) + ("\n" if lines else "")

@@ -9,10 +9,10 @@ per family, by what the packet carries:
 - ``i``: address . ICMP type, for icmp (v4) or icmpv6 (v6);
 - ``o``: address . l4proto, for every other protocol.
 
-Each map comes twice with the same keys: a counter map whose values are the owning decisions'
-named counters (``counter name <key> map @mc...``), and a verdict map (``return`` for accept,
+Every element of a verdict map jumps (``goto``) to the small chain of the decision that owns
+it, which counts on that decision's named counter and gives its verdict: ``return`` for accept,
 which ends the NIC's chain and hands back to the base chain so forwarded packets are still
-judged on their way out; ``drop``; or ``goto reject``).
+judged on their way out; ``drop``; or reject.  One lookup both decides and counts.
 
 Group parts stay on the group's named member set, so a membership change is an element update
 of that set.  Consecutive group parts of one group share one lookup (``ip saddr @g4_G`` then a
@@ -35,7 +35,7 @@ from ..ir import Chain, Decision, GroupSet, Match
 from ..partition import Box, Entry, resolve
 from .names import chain_name, counter_name, set_name
 from .objects import Objects, SetDef
-from .render import VERB
+from .render import VERB, verdict
 
 _TCP, _UDP = 6, 17
 _ICMP = {4: 1, 6: 58}
@@ -164,25 +164,20 @@ def _part_rects(matches) -> dict[tuple[int, str], tuple]:
     return out
 
 
-REJECT_CHAIN = "refuse"
-
-
-def _verdict_value(decision: Decision, objs: Objects) -> str:
-    if decision.action == "accept":
-        return "return"
-    if decision.action == "drop":
-        return "drop"
-    if REJECT_CHAIN not in objs.chains:
-        objs.chains[REJECT_CHAIN] = (None, ("meta l4proto tcp reject with tcp reset",
-                                            "reject with icmpx admin-prohibited"))
-    return f"goto {REJECT_CHAIN}"
+def decider(decision: Decision, objs: Objects) -> str:
+    """The small chain an element of a verdict map jumps to: it counts on the decision's named
+    counter and gives its verdict (accept returns from the NIC's chain to the base chain)."""
+    name = "d" + counter_name(decision.counter)[1:]
+    if name not in objs.chains:
+        objs.chains[name] = (None, tuple(verdict(decision.counter, decision.action, None)))
+    return name
 
 
 def _map_rules(parts: list[Part], direction: str, stem: str, objs: Objects,
                group: str | None) -> list[str]:
-    """Two lookups per map kind with the same key: one counts on the deciding rule's named
-    counter, the other gives its verdict.  With ``group``, the parts are that group's and the
-    maps are keyed without the address, behind a lookup in the group's member set."""
+    """One verdict-map lookup per map kind; each element jumps (goto) to its decision's
+    counting chain.  With ``group``, the parts are that group's and the maps are keyed without
+    the address, behind a lookup in the group's member set."""
     if not parts:
         return []
     rules = []
@@ -203,17 +198,13 @@ def _map_rules(parts: list[Part], direction: str, stem: str, objs: Objects,
             boxes = resolve(entries)
             if not boxes:
                 continue
-            keys = [(_key(b, kind, family, group is None), owners[b.entry]) for b in boxes]
-            counted = tuple(sorted((k, f'"{counter_name(d.counter)}"') for k, d in keys))
-            judged = tuple(sorted((k, _verdict_value(d, objs)) for k, d in keys))
-            elements = frozenset(k for k, _ in keys)
-            typ = _map_type(kind, family, group is None)
+            values = tuple(sorted((_key(b, kind, family, group is None),
+                                   f"goto {decider(owners[b.entry], objs)}") for b in boxes))
+            vmap = SetDef(_map_type(kind, family, group is None), frozenset(k for k, _ in values),
+                          values, interval=True)
             tag = f"g{family}{kind}" if group else f"{family}{kind}"
-            cmap = SetDef(typ, elements, counted, interval=True, value_type="counter")
-            vmap = SetDef(typ, elements, judged, interval=True)
-            cname, vname = f"mc{tag}_{stem}_{_digest(cmap)}", f"mv{tag}_{stem}_{_digest(vmap)}"
-            objs.sets[cname] = cmap
-            objs.sets[vname] = vmap
+            name = f"m{tag}_{stem}_{_digest(vmap)}"
+            objs.sets[name] = vmap
             selector = _selector(kind, family, addr if group is None else None)
             prefix = f"{_IP[family]} {addr} @{set_name(group, family)} " if group else ""
             # A cheap protocol test first, so a packet only pays for the lookups of its own
@@ -221,8 +212,7 @@ def _map_rules(parts: list[Part], direction: str, stem: str, objs: Objects,
             prefix += {"t": "meta l4proto { tcp, udp } ",
                        "o": f"meta l4proto != {{ tcp, udp, {'icmp' if family == 4 else 'ipv6-icmp'} }} ",
                        "i": ""}[kind]
-            rules.append(f"{prefix}counter name {selector} map @{cname}")
-            rules.append(f"{prefix}{selector} vmap @{vname}")
+            rules.append(f"{prefix}{selector} vmap @{name}")
     return rules
 
 
