@@ -18,9 +18,7 @@ rotated every round), reported as medians and as the median of per-round ratios:
   :class:`NftBackend` with the set-compiled or the linear rendering;
 * diagnostics at the middle size: ``sets, no group peers``, the same document without
   group-peer rules (how much of the cost comes from group peers cutting the runs of set
-  lookups); ``sets, counter-map lookups removed``, the set-compiled text without the rules that
-  look up a counter map before each verdict map with the same key (what that second lookup
-  per map costs; the counts are lost, so it is not a usable ruleset).
+  lookups).
 
 Every measured connection is decided by the document's very last decision (an accept at
 priority 100 for the client's /32); after the run the counter of that rule is read back and
@@ -51,7 +49,6 @@ import docgen  # noqa: E402
 from sgagent.compiler import compile_document  # noqa: E402
 from sgagent.load import parse_data  # noqa: E402
 from sgagent.nft.backend import NftBackend  # noqa: E402
-from sgagent.nft.render import render  # noqa: E402
 
 OUT = common.RESULTS / "connrate.json"
 SOURCE = Path(__file__).resolve().with_name("connrate.c")
@@ -134,9 +131,6 @@ def configs(sizes: list[int], linear_max: int, diagnostics: bool) -> list[dict[s
             out.append({"name": f"sets-nogroups-{n}", "rules": n,
                         "ruleset": "sets, no group peers (diagnostic)", "rendering": "sets",
                         "group_peers": 0.0})
-            out.append({"name": f"sets-nocountermaps-{n}", "rules": n,
-                        "ruleset": "sets, counter-map lookups removed (diagnostic, counts lost)",
-                        "rendering": "sets", "group_peers": 0.02, "drop_counter_maps": True})
         if n <= linear_max:
             out.append({"name": f"linear-{n}", "rules": n, "ruleset": "linear",
                         "rendering": "linear", "group_peers": 0.02})
@@ -169,15 +163,6 @@ def load(pair: Pair, cfg: dict[str, Any], seed: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     rs = compile_document(parse_data(doc))
     t1 = time.perf_counter()
-    if cfg.get("drop_counter_maps"):
-        # The same ruleset without the rules that look up a counter map (each such rule looks
-        # up the same key as the verdict map after it): what that second lookup costs.
-        objs = render(rs, "sets")
-        objs.chains = {name: (hdr, tuple(r for r in rules if " map @mc" not in r))
-                       for name, (hdr, rules) in objs.chains.items()}
-        common.in_ns(pair.host, "nft", "-f", "-", input=objs.text())
-        return {"parse_compile_s": round(t1 - t0, 3),
-                "apply_s": round(time.perf_counter() - t1, 3), **shape(objs)}
     pair.backend = NftBackend(pair.host, cfg["rendering"])
     result = pair.backend.apply(rs)
     t2 = time.perf_counter()
