@@ -30,7 +30,6 @@ import argparse
 import cProfile
 import io
 import json
-import os
 import pstats
 import resource
 import subprocess

@@ -17,7 +17,6 @@ from .names import FAMILY, TABLE, counter_name, parse_comment, set_name
 from .objects import Objects, SetDef
 from .render import render
 
-BASE_CHAINS = ("input", "forward", "output")
 # Fault injection for tests: while the file this names exists, every transaction ends with a
 # command the kernel refuses, so it fails after the kernel has processed the rest of it.
 FAULT_ENV = "SGAGENT_FAULT_FILE"
@@ -42,7 +41,7 @@ class ApplyResult:
 @dataclass(frozen=True)
 class LiveObjects:
     chains: frozenset[str]
-    sets: frozenset[str]
+    sets: frozenset[str]   # sets and maps, each named with its kind: "set NAME" / "map NAME"
     counters: frozenset[str]
     table: bool
 
@@ -96,7 +95,10 @@ class NftBackend:
                 for kind in ("chain", "set", "map"):
                     obj = item.get(kind)
                     if obj and obj.get("table") == TABLE:
-                        (chains if kind == "chain" else sets).add(obj["name"])
+                        if kind == "chain":
+                            chains.add(obj["name"])
+                        else:
+                            sets.add(f"{kind} {obj['name']}")
             tables = nft.list_json(f"tables {FAMILY}", terse=True)
             return chains, sets, any(t.get("table", {}).get("name") == TABLE for t in tables)
 
@@ -107,7 +109,7 @@ class NftBackend:
     def counters(self) -> list[CounterReading]:
         """Every sgagent counter with its identity, in one consistent read of the kernel
         (over netlink, on its own socket: a read never waits for an apply)."""
-        return self._netlink().__call__()
+        return self._netlink()()
 
     def counters_via_listing(self) -> list[CounterReading]:
         """The same counters through libnftables' JSON listing: slower (it loads the whole

@@ -76,8 +76,9 @@ class Objects:
         # Sets and maps go and come back whole (emptying a large interval map element by
         # element inside the transaction that refills it costs the kernel seconds); maps may
         # point at chains (goto), so they go before any chain does.
-        for name in sorted(live_sets):
-            head.append(f"delete {_kind_of_live(name)} {REF} {name}")
+        for kind_name in sorted(live_sets):  # "set NAME" or "map NAME"
+            kind, name = kind_name.split(" ", 1)
+            head.append(f"delete {kind} {REF} {name}")
         for name in sorted(set(live_chains) - set(self.chains)):
             head.append(f"delete chain {REF} {name}")
         for name in sorted(set(live_counters) - set(self.counters)):
@@ -143,10 +144,6 @@ class Objects:
         delete += [f"delete counter {REF} {n}" for n in old.counters if n not in self.counters]
         lines = new_chains + create + flush + unelem + recreate + elem + rules + delete
         return "\n".join(lines) + ("\n" if lines else "")
-
-
-def _kind_of_live(name: str) -> str:
-    return "map" if name.startswith("m") else "set"
 
 
 def quote(text: str) -> str:

@@ -27,7 +27,7 @@ DOC = {
 def test_forwarded_traffic_is_judged_on_the_managed_nic(root):
     doc = parse_data(DOC)
     with Sandbox([("eth0", "vpc")], prefix=f"sgf{secrets.token_hex(3)}") as sb:
-        wl = sb.add_workload("wl0", "10.250.0.2/24", "fd00:ff::2/64")
+        sb.add_workload("wl0", "10.250.0.2/24", "fd00:ff::2/64")
         sb.ensure_tcp_listener("wl0", 80)
         sb.ensure_tcp_listener("wl0", 81)
         sb.ensure_udp_echo("eth0", 53)
