@@ -1,57 +1,50 @@
-"""First-match resolution of an ordered run of matches into disjoint boxes.
+"""First-match painting: ordered, overlapping matches resolved into disjoint pieces.
 
-Set-compiled renderers need non-overlapping elements (nftables' concatenated interval sets
-refuse overlaps), and every packet must be attributed to the first match that holds.  Given
-entries in decision order, :func:`resolve` returns disjoint boxes
-``address range x protocol range x value range -> entry``, where ``value`` is the destination
-port (tcp/udp), the ICMP type, or unused.  Pure and backend-neutral.
+Set-compiled renderers need non-overlapping elements (nftables' interval sets refuse
+overlaps), and every packet must be attributed to the first match that holds.  A match is an
+:class:`Entry`: the addresses it covers and its rectangles in the (protocol x value) plane,
+where ``value`` is the destination port (tcp/udp), the ICMP type, or 0 (other protocols).
 
-The sweep runs along the address axis: at each elementary address interval only the entries
-covering it take part, and the (protocol x value) plane is painted first-match; intervals with
-the same painting are merged.  Cost grows with the entries covering each address, not with the
-product of all of them.
+:func:`sweep` runs along the address axis: at each elementary address interval only the
+entries covering it take part, and the plane is painted first-match; neighbouring intervals
+with the same painting are merged.  Cost grows with the entries covering each address, not
+with the product of all of them.  :func:`paint` paints one plane.  Pure and backend-neutral.
 """
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from functools import lru_cache
 
 Range = tuple[int, int]
+Rect = tuple[int, int, int, int]              # protocol lo, hi, value lo, hi
+Painted = tuple[tuple[int, int, int, int, int], ...]  # disjoint (plo, phi, vlo, vhi, owner)
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One match: the addresses it covers and its rectangles in the (protocol, value) plane."""
+    """One match of a decision: the addresses it covers and its rectangles in the plane."""
+    owner: int                 # the decision's index: lower indices win
     addrs: tuple[Range, ...]
-    rects: tuple[tuple[int, int, int, int], ...]  # (proto lo, proto hi, value lo, value hi)
+    rects: tuple[Rect, ...]
 
 
-@dataclass(frozen=True)
-class Box:
-    alo: int
-    ahi: int
-    plo: int
-    phi: int
-    vlo: int
-    vhi: int
-    entry: int  # index into the entries given to resolve()
-
-
-def resolve(entries: list[Entry]) -> list[Box]:
+def sweep(entries: list[Entry]) -> list[tuple[int, int, Painted]]:
+    """Disjoint, sorted address intervals with the painting of the entries covering them;
+    intervals no entry covers, or where nothing is painted, are left out."""
     points: dict[int, list[tuple[int, int]]] = {}
     for i, e in enumerate(entries):
         for lo, hi in e.addrs:
             points.setdefault(lo, []).append((i, 1))
             points.setdefault(hi + 1, []).append((i, -1))
     active: dict[int, int] = {}
-    segments: list[tuple[int, int, tuple]] = []
+    segments: list[tuple[int, int, Painted]] = []
     keys = sorted(points)
-    rects = tuple(e.rects for e in entries)
 
     @lru_cache(maxsize=4096)
-    def plane(ids: tuple[int, ...]) -> tuple:
-        return _paint_plane([(i, rects[i]) for i in ids])
+    def plane(ids: tuple[int, ...]) -> Painted:
+        return paint([(entries[i].owner, entries[i].rects) for i in ids])
 
     for n, p in enumerate(keys):
         for i, delta in points[p]:
@@ -70,41 +63,52 @@ def resolve(entries: list[Entry]) -> list[Box]:
             segments[-1] = (segments[-1][0], end, painted)
         else:
             segments.append((p, end, painted))
-    out = []
-    for alo, ahi, painted in segments:
-        for plo, phi, vlo, vhi, entry in painted:
-            out.append(Box(alo, ahi, plo, phi, vlo, vhi, entry))
-    return out
+    return segments
 
 
-def _paint_plane(items: list[tuple[int, tuple]]) -> tuple:
-    """First-match painting of rectangles; ``items`` in priority order."""
+def paint(items: list[tuple[int, tuple[Rect, ...]]]) -> Painted:
+    """First-match painting of rectangles: ``items`` are (owner, rectangles); the lowest owner
+    wins where they overlap.  Neighbouring protocol strips with the same line are merged."""
     bounds = sorted({r[0] for _, rs in items for r in rs} | {r[1] + 1 for _, rs in items for r in rs})
     strips: list[tuple[int, int, tuple]] = []
     for lo, nxt in zip(bounds, bounds[1:]):
         hi = nxt - 1
-        covering = [(i, (r[2], r[3])) for i, rs in items for r in rs if r[0] <= lo and hi <= r[1]]
+        covering = [(o, r[2], r[3]) for o, rs in items for r in rs if r[0] <= lo and hi <= r[1]]
         if not covering:
             continue
-        line = _paint_line(covering)
+        line = paint_line(covering)
         if strips and strips[-1][2] == line and strips[-1][1] + 1 == lo:
             strips[-1] = (strips[-1][0], hi, line)
         else:
             strips.append((lo, hi, line))
-    return tuple((plo, phi, vlo, vhi, entry) for plo, phi, line in strips for vlo, vhi, entry in line)
+    return tuple((plo, phi, vlo, vhi, o) for plo, phi, line in strips for vlo, vhi, o in line)
 
 
-def _paint_line(items: list[tuple[int, Range]]) -> tuple:
-    """First-match painting of intervals; ``items`` in priority order (duplicates allowed)."""
-    bounds = sorted({lo for _, (lo, _) in items} | {hi + 1 for _, (_, hi) in items})
+def paint_line(items: list[tuple[int, int, int]]) -> tuple[tuple[int, int, int], ...]:
+    """First-match painting of intervals (owner, lo, hi); the lowest owner wins.  A sweep with
+    a heap of the active owners: O(n log n)."""
+    events: dict[int, list[tuple[int, int]]] = {}
+    for k, (owner, lo, hi) in enumerate(items):
+        events.setdefault(lo, []).append((1, k))
+        events.setdefault(hi + 1, []).append((-1, k))
+    heap: list[tuple[int, int]] = []
+    alive: set[int] = set()
     out: list[tuple[int, int, int]] = []
-    for lo, nxt in zip(bounds, bounds[1:]):
-        hi = nxt - 1
-        for entry, (a, b) in items:
-            if a <= lo and hi <= b:
-                if out and out[-1][2] == entry and out[-1][1] + 1 == lo:
-                    out[-1] = (out[-1][0], hi, entry)
-                else:
-                    out.append((lo, hi, entry))
-                break
+    keys = sorted(events)
+    for n, x in enumerate(keys[:-1]):
+        for kind, k in events[x]:
+            if kind > 0:
+                alive.add(k)
+                heapq.heappush(heap, (items[k][0], k))
+            else:
+                alive.discard(k)
+        while heap and heap[0][1] not in alive:
+            heapq.heappop(heap)
+        if not heap:
+            continue
+        owner, hi = heap[0][0], keys[n + 1] - 1
+        if out and out[-1][2] == owner and out[-1][1] + 1 == x:
+            out[-1] = (out[-1][0], hi, owner)
+        else:
+            out.append((x, hi, owner))
     return tuple(out)

@@ -13,8 +13,8 @@ from .. import netns
 from ..ir import Ruleset
 from .libnft import Nft, NftError
 from .netlink import CounterReading, NetlinkCounterReader, NetlinkError
-from .names import FAMILY, TABLE, counter_name, parse_comment, set_name
-from .objects import Objects, SetDef
+from .names import FAMILY, TABLE, counter_name, parse_comment
+from .objects import Objects
 from .render import render
 
 # Fault injection for tests: while the file this names exists, every transaction ends with a
@@ -139,15 +139,6 @@ class NftBackend:
 
     # -- writing --------------------------------------------------------------------------
     def render(self, rs: Ruleset) -> Objects:
-        old, old_rs = self._applied, self._applied_rs
-        if (old is not None and old_rs is not None and rs.chains == old_rs.chains
-                and not _guards_broken(old.guards, rs.groups, old_rs.groups)):
-            # Only group members changed: every chain stays, only member sets differ.
-            objs = Objects(dict(old.counters), dict(old.sets), dict(old.chains), old.guards)
-            for g in rs.groups:
-                objs.sets[set_name(g.name, 4)] = SetDef("ipv4_addr", frozenset(map(str, g.v4)))
-                objs.sets[set_name(g.name, 6)] = SetDef("ipv6_addr", frozenset(map(str, g.v6)))
-            return objs
         return render(rs, self.rendering)
 
     def replace_script(self, objs: Objects) -> str:
@@ -229,21 +220,6 @@ def _faulty(script: str) -> str:
     if path and os.path.exists(path):
         return script + f"delete chain {TABLE_REF} injected_fault_no_such_chain\n"
     return script
-
-
-def _guards_broken(guards, groups, old_groups) -> bool:
-    """Whether a new member sits where the rendering assumed none of its group's would."""
-    before = {g.name: (frozenset(g.v4), frozenset(g.v6)) for g in old_groups}
-    for g in groups:
-        ranges = guards.get(g.name)
-        if not ranges:
-            continue
-        old4, old6 = before.get(g.name, (frozenset(), frozenset()))
-        for a in [*(m for m in g.v4 if m not in old4), *(m for m in g.v6 if m not in old6)]:
-            n = int(a)
-            if any(fam == a.version and lo <= n <= hi for fam, lo, hi in ranges):
-                return True
-    return False
 
 
 def _normalised(listing: str) -> list[str]:

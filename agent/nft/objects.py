@@ -49,9 +49,9 @@ class Objects:
     sets: dict[str, SetDef] = field(default_factory=dict)       # sets and verdict maps
     chains: dict[str, tuple[str | None, tuple[str, ...]]] = field(default_factory=dict)
     #        name -> (base chain header or None, rules)
-    guards: dict[str, set[tuple[int, int, int]]] = field(default_factory=dict)
-    #        group -> (family, first, last) address ranges none of its members may enter
-    #        without the chains being rendered again (see setrender)
+    plans: dict[str, dict] = field(default_factory=dict)
+    #        NIC chain -> {family: peerclass.Plan}: what the set rendering's address maps were
+    #        built from, kept so that a membership change can touch only its pieces
 
     def text(self) -> str:
         """The whole table in nft's block syntax: what ``sgagent compile`` prints."""

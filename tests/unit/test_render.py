@@ -341,33 +341,84 @@ def target(verdict: str, chains: dict[str, list[str]]) -> tuple[str, list[str]]:
     return counters.pop(), [" ".join(COUNT.sub("", s).split()) for s in body]
 
 
+def counting_statements(text: str) -> list[tuple[str, str, list[str], bool]]:
+    """Every place a packet is counted and decided in the set rendering: (counter, match,
+    what follows the count, whether by a map), from class chains' rules and from verdict-map
+    elements (which jump to a decision's counting chain)."""
+    maps, chains = maps_of(text), chains_of(text)
+    out = []
+    for name, body in chains.items():
+        if not name.startswith("k_"):
+            continue
+        for s in body:
+            m = COUNT.search(s)
+            if m:
+                out.append((m.group(1), s[:m.start()].strip(), [s[m.end():].strip()], False))
+            lookup = re.fullmatch(r"(.*) vmap @(\S+)", s)
+            if lookup:
+                for k, v in maps[lookup.group(2)].items():
+                    counter, rest = target(v, chains)
+                    out.append((counter, f"{lookup.group(1)} {k}", rest, True))
+    return out
+
+
 @pytest.mark.skipif("sets" not in RENDERINGS, reason="no set rendering")
-def test_sets_verdicts_follow_the_deciding_rule():
+def test_sets_one_address_lookup_per_family_then_a_class_chain():
     rs = compile_document(document())
     text = render_text(rs, "sets")
     maps, chains = maps_of(text), chains_of(text)
+    for c in rs.chains:
+        body = chains[chain_name(c.nic, c.direction)]
+        lookups = [s for s in body if " vmap @" in s]
+        addr = "saddr" if c.direction == "inbound" else "daddr"
+        assert all(re.fullmatch(rf"ip6? {addr} vmap @a[46]_\S+", s) for s in lookups), lookups
+        tail_chain = "t_" + chain_name(c.nic, c.direction)
+        if lookups:  # the NIC chain ends as its class chains do: inner access, default
+            assert body[body.index(lookups[-1]) + 1:] == chains[tail_chain]
+        for s in lookups:
+            for k, v in maps[s.rsplit("@", 1)[1]].items():
+                m = re.fullmatch(r"goto (k_\S+)", v)
+                assert m, (k, v)
+                # a class chain decides by protocol and port, then goes to the tail
+                assert chains[m.group(1)][-1] == f"goto {tail_chain}"
+                assert not any("saddr" in r or "daddr" in r for r in chains[m.group(1)])
+
+
+@pytest.mark.skipif("sets" not in RENDERINGS, reason="no set rendering")
+@pytest.mark.parametrize("many", [False, True])
+def test_sets_verdicts_follow_the_deciding_rule(many):
+    doc = document()
+    if many:  # more deciding rules per protocol than fit as rules: verdict maps
+        doc = load(raw({"web": {"rules": [
+            rule(id=f"r{i}", policy=["accept", "drop", "reject"][i % 3], ports=100 + i)
+            for i in range(12)] + [rule(id=f"u{i}", protocol="udp", policy="reject", ports=i + 1)
+                                   for i in range(5)]}}))
+    rs = compile_document(doc)
+    text = render_text(rs, "sets")
     owner = {counter_name(k): k for c in rs.chains for k in c.counters}
     seen = set()
-    for name, elements in maps.items():
-        for k, verdict in elements.items():
-            counter, rest = target(verdict, chains)
-            policy = owner[counter].policy
-            seen.add(policy)
-            if policy == "reject":  # tcp reset for tcp, icmpx admin-prohibited otherwise
-                assert rest == [s.strip() for s in REJECT_CHAIN_BODY], (name, k, rest)
-            else:
-                assert rest == [{"accept": "return", "drop": "drop"}[policy]], (name, k, rest)
+    # the class chains' tail (inner access, default) is checked with the NIC chains
+    found = [f for f in counting_statements(text) if owner[f[0]].rule != "default"]
+    assert all(by_map for *_, by_map in found) == many
+    for counter, match, rest, by_map in found:
+        policy = owner[counter].policy
+        seen.add(policy)
+        if by_map:
+            want = {"accept": ["return"], "drop": ["drop"],
+                    "reject": [s.strip() for s in REJECT_CHAIN_BODY]}[policy]
+        elif policy == "reject":  # tcp reset for tcp, icmpx admin-prohibited otherwise
+            want = ["reject with tcp reset" if match.startswith(("tcp ", "meta l4proto tcp"))
+                    else "reject with icmpx admin-prohibited"]
+        else:
+            want = [{"accept": "return", "drop": "drop"}[policy]]
+        assert rest == want, (counter, match, rest)
     assert seen == {"accept", "drop", "reject"}
 
 
 @pytest.mark.skipif("sets" not in RENDERINGS, reason="no set rendering")
 def test_sets_reject_keys_are_the_rules_own():
-    text = render_text(compile_document(document()), "sets")
-    maps, chains = maps_of(text), chains_of(text)
-    telnet = counter_name(key("no-telnet"))
-    hits = [k for n, el in maps.items() for k, v in el.items() if target(v, chains)[0] == telnet]
-    assert hits and all(k.endswith(" . 6 . 23") for k in hits)
-    icmp = counter_name(key("no-icmp"))
-    hits = [(n, k) for n, el in maps.items() for k, v in el.items()
-            if target(v, chains)[0] == icmp]
-    assert hits and all(n.startswith("m4i") for n, _ in hits)
+    found = counting_statements(render_text(compile_document(document()), "sets"))
+    telnet = [m for c, m, *_ in found if c == counter_name(key("no-telnet"))]
+    assert telnet and all(m == "tcp dport 23" for m in telnet)
+    icmp = [m for c, m, *_ in found if c == counter_name(key("no-icmp"))]
+    assert icmp and all(m in ("meta l4proto icmp", "icmp type 0-255") for m in icmp)

@@ -1,0 +1,196 @@
+"""Peer classes: for every peer address of a chain, which decision decides each packet.
+
+A chain's decisions are resolved, per address family, into a *plan*: the address axis cut into
+disjoint pieces, each carrying a *row* -- the first-match painting of the (protocol x value)
+plane by the decisions whose peers cover that piece (:mod:`sgagent.partition`).  Pieces with
+the same row form one class.  A renderer looks the packet's peer address up once (which piece,
+hence which row) and then its protocol and port or ICMP type once (which decision), so the
+per-packet cost does not grow with the number of rules.
+
+Literal peers (addresses and networks) are swept once into *segments*.  A group peer covers the
+group's current members, which are points: the pieces are the segments cut at every member
+point, and a point's row is its segment's row painted together with the rules of the groups it
+belongs to.  A membership change therefore touches only the pieces around the changed points
+(:meth:`Plan.pieces_between`), whatever the number of rules.  Pure and backend-neutral.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+from .ir import Chain, GroupSet, Match
+from .partition import Entry, Painted, Rect, paint, sweep
+
+TCP, UDP = 6, 17
+ICMP = {4: 1, 6: 58}
+ADDR_MAX = {4: 2**32 - 1, 6: 2**128 - 1}
+PROTO_NUMBERS = {"tcp": TCP, "udp": UDP, "gre": 47, "icmp": 1, "icmpv6": 58}
+
+Piece = tuple[int, int, Painted]
+
+
+@dataclass
+class Plan:
+    """One chain's peers in one family: literal segments, group rules and members."""
+    family: int
+    segments: list[Piece]                                   # sorted, disjoint, rows non-empty
+    group_items: dict[str, tuple[tuple[int, tuple[Rect, ...]], ...]]  # group -> (owner, rects)
+    members: dict[str, frozenset[int]]                      # group -> member addresses
+    _starts: list[int] = field(default_factory=list, repr=False)
+    _rows: dict[tuple, Painted] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._starts = [s[0] for s in self.segments]
+
+    # -- lookups --------------------------------------------------------------------------
+    def segment_at(self, a: int) -> Piece | None:
+        k = bisect.bisect_right(self._starts, a) - 1
+        if k >= 0 and self.segments[k][1] >= a:
+            return self.segments[k]
+        return None
+
+    def groups_of(self, a: int) -> tuple[str, ...]:
+        return tuple(g for g, ms in self.members.items() if a in ms)
+
+    def points(self) -> list[int]:
+        out: set[int] = set()
+        for ms in self.members.values():
+            out |= ms
+        return sorted(out)
+
+    def row_at(self, a: int) -> Painted:
+        seg = self.segment_at(a)
+        return self.point_row(seg[2] if seg else (), self.groups_of(a))
+
+    def point_row(self, base: Painted, groups: tuple[str, ...]) -> Painted:
+        """A member point's row: its segment's painting with its groups' rules (cached)."""
+        if not groups:
+            return base
+        key = (base, groups)
+        row = self._rows.get(key)
+        if row is None:
+            items = [(o, ((plo, phi, vlo, vhi),)) for plo, phi, vlo, vhi, o in base]
+            for g in groups:
+                items.extend(self.group_items[g])
+            row = self._rows[key] = paint(items)
+        return row
+
+    def decide(self, a: int, proto: int, value: int) -> int | None:
+        """The owner (decision index) that decides this packet, or None: what a renderer of
+        the plan must reproduce."""
+        for plo, phi, vlo, vhi, o in self.row_at(a):
+            if plo <= proto <= phi and vlo <= value <= vhi:
+                return o
+        return None
+
+    # -- pieces ---------------------------------------------------------------------------
+    def pieces(self) -> list[Piece]:
+        """The whole address axis: segments cut at member points; empty rows left out."""
+        return self.pieces_between(0, ADDR_MAX[self.family])
+
+    def pieces_between(self, lo: int, hi: int) -> list[Piece]:
+        """The pieces within [lo, hi], which must not cut a segment or a piece: either bounds
+        of the whole axis, or the bounds of one segment, or one address outside segments."""
+        pts = [p for p in self.points() if lo <= p <= hi]
+        out: list[Piece] = []
+        k = max(bisect.bisect_right(self._starts, lo) - 1, 0)
+        j = 0
+        for s_lo, s_hi, row in self.segments[k:]:
+            if s_lo > hi:
+                break
+            if s_hi < lo:
+                continue
+            while j < len(pts) and pts[j] < s_lo:
+                self._point(out, pts[j], ())
+                j += 1
+            cur = s_lo
+            while j < len(pts) and pts[j] <= s_hi:
+                p = pts[j]
+                if cur < p:
+                    out.append((cur, p - 1, row))
+                self._point(out, p, row)
+                cur = p + 1
+                j += 1
+            if cur <= s_hi:
+                out.append((cur, s_hi, row))
+        for p in pts[j:]:
+            self._point(out, p, ())
+        return out
+
+    def _point(self, out: list[Piece], p: int, base: Painted) -> None:
+        row = self.point_row(base, self.groups_of(p))
+        if row:
+            out.append((p, p, row))
+
+    def span_of(self, a: int) -> tuple[int, int]:
+        """The bounds to recompute when the membership of ``a`` changes: its segment, or the
+        address alone."""
+        seg = self.segment_at(a)
+        return (seg[0], seg[1]) if seg else (a, a)
+
+    def with_members(self, members: dict[str, frozenset[int]]) -> "Plan":
+        """The same plan with other members (rules unchanged); the row cache is shared."""
+        p = Plan(self.family, self.segments, self.group_items, members)
+        p._starts, p._rows = self._starts, self._rows
+        return p
+
+
+def plan_chain(chain: Chain, groups: dict[str, GroupSet]) -> dict[int, Plan]:
+    """The chain's plan per family."""
+    out = {}
+    for family in (4, 6):
+        entries: list[Entry] = []
+        group_items: dict[str, list[tuple[int, tuple[Rect, ...]]]] = {}
+        for owner, decision in enumerate(chain.decisions):
+            for m in decision.matches:
+                if m.family != family:
+                    continue
+                rects = rects_of(m)
+                if not rects:
+                    continue
+                if m.group is None:
+                    addrs = tuple((int(n.network_address), int(n.broadcast_address))
+                                  for n in m.nets)
+                    entries.append(Entry(owner, addrs, rects))
+                else:
+                    group_items.setdefault(m.group, []).append((owner, rects))
+        members = {}
+        for g in group_items:
+            gs = groups.get(g)
+            addrs = (gs.v4 if family == 4 else gs.v6) if gs else ()
+            members[g] = frozenset(int(a) for a in addrs)
+        out[family] = Plan(family, sweep(entries),
+                           {g: tuple(items) for g, items in group_items.items()}, members)
+    return out
+
+
+def rects_of(m: Match) -> tuple[Rect, ...]:
+    """A match's rectangles in the (protocol x value) plane of its family."""
+    icmp = ICMP[m.family]
+    if m.proto is None:
+        out: list[Rect] = [(TCP, TCP, 0, 65535), (UDP, UDP, 0, 65535), (icmp, icmp, 0, 255)]
+        out += [(lo, hi, 0, 0) for lo, hi in other_protocols(m.family)]
+        return tuple(out)
+    if m.proto in ("tcp", "udp"):
+        p = PROTO_NUMBERS[m.proto]
+        return tuple((p, p, lo, hi) for lo, hi in (m.ports or ((0, 65535),)))
+    if m.proto in ("icmp", "icmpv6"):
+        if PROTO_NUMBERS[m.proto] != icmp:
+            return ()
+        t = (m.icmp_type, m.icmp_type) if m.icmp_type is not None else (0, 255)
+        return ((icmp, icmp) + t,)
+    p = PROTO_NUMBERS[m.proto]
+    return ((p, p, 0, 0),)
+
+
+def other_protocols(family: int) -> list[tuple[int, int]]:
+    """0..255 without tcp, udp and the family's ICMP, whose values are ports and types."""
+    cuts = sorted({TCP, UDP, ICMP[family]})
+    out, lo = [], 0
+    for c in cuts:
+        if lo <= c - 1:
+            out.append((lo, c - 1))
+        lo = c + 1
+    out.append((lo, 255))
+    return out

@@ -1,0 +1,90 @@
+"""Peer classes (peerclass.py), without root: the plan the set rendering is built from decides
+every packet as the oracle does, and a membership change recomputed around the changed points
+gives exactly the pieces a fresh plan has."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sgagent.compiler import compile_document
+from sgagent.ir import GroupSet
+from sgagent.load import parse_data
+from sgagent.peerclass import PROTO_NUMBERS, plan_chain
+
+from .test_compiler import HOSTS, always_allowed, expected_key, gen_document, gen_packet
+
+_NUMBERS = dict(PROTO_NUMBERS, sctp=132)
+
+
+def run_plan(rs, plans, p):
+    """What the set rendering does with a packet: state and allowances aside, one lookup of the
+    peer (its row), one of protocol and port or type; then inner access, then the default."""
+    fam = p.peer.version
+    if always_allowed(p):  # the preamble's rules, before any lookup
+        return "accept", None
+    chain = rs.chain(p.nic, p.direction)
+    proto = _NUMBERS[p.protocol]
+    value = p.port if p.protocol in ("tcp", "udp") else p.icmp_type if p.icmp_type is not None \
+        and proto == {4: 1, 6: 58}[fam] else 0
+    owner = plans[(p.nic, p.direction)][fam].decide(int(p.peer), proto, value)
+    if owner is not None:
+        d = chain.decisions[owner]
+        return d.action, d.counter
+    if chain.inner_counter is not None:
+        sets = {g.name: g for g in rs.groups}
+        if any(p.peer in sets[g].v4 + sets[g].v6 for g in chain.inner_access):
+            return "accept", chain.inner_counter
+    return chain.default.action, chain.default.counter
+
+
+def plans_of(rs):
+    groups = {g.name: g for g in rs.groups}
+    return {(c.nic, c.direction): plan_chain(c, groups) for c in rs.chains}
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.integers(0, 2**32 - 1))
+def test_plans_agree_with_the_oracle(seed):
+    rnd = random.Random(seed)
+    raw_doc = gen_document(rnd)
+    doc = parse_data(raw_doc)
+    rs = compile_document(doc)
+    plans = plans_of(rs)
+    for _ in range(24):
+        p = gen_packet(rnd, raw_doc)
+        if p.protocol == "sctp" or p.protocol == "icmp" and p.peer.version == 6:
+            continue
+        got, want = run_plan(rs, plans, p), expected_key(doc, p)
+        assert got == want, f"\nplan:   {got}\noracle: {want}\n{p}\n{raw_doc}"
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.integers(0, 2**32 - 1))
+def test_membership_change_touches_only_its_pieces(seed):
+    rnd = random.Random(seed)
+    rs = compile_document(parse_data(gen_document(rnd)))
+    for chain in rs.chains:
+        groups = {g.name: g for g in rs.groups}
+        before = plan_chain(chain, groups)
+        # other members for every group: some kept, some gone, some new
+        new = {}
+        for g in rs.groups:
+            pool = [h for h in HOSTS if rnd.randrange(2)]
+            new[g.name] = GroupSet(g.name, tuple(sorted(h for h in pool if h.version == 4)),
+                                   tuple(sorted(h for h in pool if h.version == 6)))
+        fresh = plan_chain(chain, new)
+        for fam, plan in before.items():
+            members = fresh[fam].members
+            after = plan.with_members(members)
+            changed = set().union(*(plan.members[g] ^ members[g] for g in members)) if members \
+                else set()
+            pieces = plan.pieces()
+            for lo, hi in sorted({plan.span_of(a) for a in changed}):
+                old = [x for x in pieces if lo <= x[0] and x[1] <= hi]
+                assert plan.pieces_between(lo, hi) == old
+                pieces = sorted([x for x in pieces if x not in old]
+                                + after.pieces_between(lo, hi))
+            assert sorted(pieces) == fresh[fam].pieces()
