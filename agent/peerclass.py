@@ -8,10 +8,11 @@ hence which row) and then its protocol and port or ICMP type once (which decisio
 per-packet cost does not grow with the number of rules.
 
 Literal peers (addresses and networks) are swept once into *segments*.  A group peer covers the
-group's current members, which are points: the pieces are the segments cut at every member
-point, and a point's row is its segment's row painted together with the rules of the groups it
-belongs to.  A membership change therefore touches only the pieces around the changed points
-(:meth:`Plan.pieces_between`), whatever the number of rules.  Pure and backend-neutral.
+group's current members, which are points.  A renderer looks a peer up in two steps: exactly
+(a hash of single addresses: single-address segments and member points, where a member's row
+is its segment's row painted together with the rules of its groups), then by interval (the
+longer segments).  A membership change therefore changes only the exact entries of the
+changed points, whatever the number of rules.  Pure and backend-neutral.
 """
 
 from __future__ import annotations
@@ -77,57 +78,61 @@ class Plan:
         return row
 
     def decide(self, a: int, proto: int, value: int) -> int | None:
-        """The owner (decision index) that decides this packet, or None: what a renderer of
-        the plan must reproduce."""
-        for plo, phi, vlo, vhi, o in self.row_at(a):
+        """The owner (decision index) that decides this packet, or None, as a renderer of the
+        plan decides it (an exact lookup of the address, else by interval)."""
+        for plo, phi, vlo, vhi, o in self.lookup(a):
             if plo <= proto <= phi and vlo <= value <= vhi:
                 return o
         return None
 
-    # -- pieces ---------------------------------------------------------------------------
-    def pieces(self) -> list[Piece]:
-        """The whole address axis: segments cut at member points; empty rows left out."""
-        return self.pieces_between(0, ADDR_MAX[self.family])
+    # -- what a renderer loads ----------------------------------------------------------
+    def singles(self) -> dict[int, Painted]:
+        return {lo: row for lo, hi, row in self.segments if lo == hi}
 
-    def pieces_between(self, lo: int, hi: int) -> list[Piece]:
-        """The pieces within [lo, hi], which must not cut a segment or a piece: either bounds
-        of the whole axis, or the bounds of one segment, or one address outside segments."""
-        pts = [p for p in self.points() if lo <= p <= hi]
-        out: list[Piece] = []
-        k = max(bisect.bisect_right(self._starts, lo) - 1, 0)
-        j = 0
-        for s_lo, s_hi, row in self.segments[k:]:
-            if s_lo > hi:
-                break
-            if s_hi < lo:
-                continue
-            while j < len(pts) and pts[j] < s_lo:
-                self._point(out, pts[j], ())
-                j += 1
-            cur = s_lo
-            while j < len(pts) and pts[j] <= s_hi:
-                p = pts[j]
-                if cur < p:
-                    out.append((cur, p - 1, row))
-                self._point(out, p, row)
-                cur = p + 1
-                j += 1
-            if cur <= s_hi:
-                out.append((cur, s_hi, row))
-        for p in pts[j:]:
-            self._point(out, p, ())
+    def exact(self) -> dict[int, Painted]:
+        """Addresses looked up exactly (a hash): single-address segments and member points,
+        each with its row; empty rows left out."""
+        out = {}
+        for a in sorted(set(self.singles()) | set(self.points())):
+            row = self.exact_row(a)
+            if row:
+                out[a] = row
         return out
 
-    def _point(self, out: list[Piece], p: int, base: Painted) -> None:
-        row = self.point_row(base, self.groups_of(p))
-        if row:
-            out.append((p, p, row))
-
-    def span_of(self, a: int) -> tuple[int, int]:
-        """The bounds to recompute when the membership of ``a`` changes: its segment, or the
-        address alone."""
+    def exact_row(self, a: int) -> Painted:
+        """The row of ``a`` if it is looked up exactly (else ``()``)."""
         seg = self.segment_at(a)
-        return (seg[0], seg[1]) if seg else (a, a)
+        groups = self.groups_of(a)
+        if not groups and not (seg and seg[0] == seg[1]):
+            return ()
+        return self.point_row(seg[2] if seg else (), groups)
+
+    def intervals(self) -> list[Piece]:
+        """Addresses looked up by interval, after the exact lookup missed: the segments of more
+        than one address; neighbours with the same row are merged across runs of
+        single-address segments between them (those are always found exactly first).  Member
+        points never cut them, so membership never changes this lookup."""
+        out: list[Piece] = []
+        reach: int | None = None  # covered without a gap since the last piece began
+        for lo, hi, row in self.segments:
+            if lo == hi:
+                reach = lo if reach is not None and reach + 1 == lo else None
+                continue
+            if out and out[-1][2] == row and reach is not None and reach + 1 == lo:
+                out[-1] = (out[-1][0], hi, row)
+            else:
+                out.append((lo, hi, row))
+            reach = hi
+        return out
+
+    def lookup(self, a: int) -> Painted:
+        """The row a renderer of the plan finds for ``a``: exactly, else by interval."""
+        row = self.exact_row(a)
+        if row:
+            return row
+        k = bisect.bisect_right([p[0] for p in self.intervals()], a) - 1
+        pieces = self.intervals()
+        return pieces[k][2] if k >= 0 and pieces[k][1] >= a else ()
 
     def with_members(self, members: dict[str, frozenset[int]]) -> "Plan":
         """The same plan with other members (rules unchanged); the row cache is shared."""

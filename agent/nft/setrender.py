@@ -1,8 +1,9 @@
 """Set-compiled rendering: two lookups decide a packet, whatever the number of rules.
 
 The chain's decisions are planned per family into peer pieces and rows
-(:mod:`sgagent.peerclass`).  The NIC's chain looks the peer address up in one interval map
-per family (``ip saddr vmap @a4_in_eth0``); each piece jumps (``goto``) to its row's *class
+(:mod:`sgagent.peerclass`).  The NIC's chain looks the peer address up exactly in a hash map
+(``ip saddr vmap @h4_in_eth0``: single addresses and group members), then in an interval map
+(``@a4_in_eth0``: networks and ranges); each element jumps (``goto``) to its row's *class
 chain*, named after its content, so pieces with the same row share it.  A class chain decides
 by protocol and port or ICMP type:
 
@@ -16,9 +17,9 @@ Then the class chain ends with the chain's tail (inner access and the default), 
 NIC's chain for addresses in no piece.  Accept is ``return``: it ends the NIC's chain and hands
 back to the base chain, so forwarded packets are still judged on their way out.
 
-The address maps have stable names and change element by element: a membership change is a
-few element updates there (the pieces around the member) plus the group's member set, which
-inner access uses.  Class chains and large row maps are named after their content, so a
+The address maps have stable names and change element by element: a membership change is an
+element update of the exact map per changed member (the interval map never holds members),
+plus the group's member set, which inner access uses.  Class chains and large row maps are named after their content, so a
 changed one is a new one, loaded whole.
 """
 
@@ -50,12 +51,18 @@ class ChainRenderer:
         self.tail_chain = "t_" + self.base  # inner access and the default, shared
         self._names: dict[tuple[int, Painted], str] = {}
 
-    def map_name(self, family: int) -> str:
-        return f"a{family}_{self.base}"
+    def map_names(self, family: int) -> tuple[str, str]:
+        """The exact (hash) and the interval address map of this chain and family."""
+        return f"h{family}_{self.base}", f"a{family}_{self.base}"
 
-    def address_map(self, plan: Plan) -> SetDef:
-        values = tuple(sorted((addr_range(lo, hi, plan.family), f"goto {self.row_chain(plan.family, row)}")
-                              for lo, hi, row in plan.pieces()))
+    def exact_map(self, plan: Plan) -> SetDef:
+        values = tuple(sorted(self.element(plan.family, a, a, row)
+                              for a, row in plan.exact().items()))
+        return SetDef(_ADDR_TYPE[plan.family], frozenset(k for k, _ in values), values)
+
+    def interval_map(self, plan: Plan) -> SetDef:
+        values = tuple(sorted(self.element(plan.family, lo, hi, row)
+                              for lo, hi, row in plan.intervals()))
         return SetDef(_ADDR_TYPE[plan.family], frozenset(k for k, _ in values), values,
                       interval=True)
 
@@ -114,16 +121,20 @@ class ChainRenderer:
         return f"{_selector(kind, family)} vmap @{name}"
 
     def body(self, plans: dict[int, Plan]) -> list[str]:
+        """The NIC chain's lookups: per family that has rules, the peer exactly, then by
+        interval (both maps are declared even when empty, so that a membership change only
+        ever changes elements)."""
         self.objs.chains[self.tail_chain] = (None, tuple(tail(self.chain)))
         rules = []
         for family in (4, 6):
             plan = plans[family]
-            vmap = self.address_map(plan)
-            if not vmap.values:
+            if not plan.segments and not plan.group_items:
                 continue
-            name = self.map_name(family)
-            self.objs.sets[name] = vmap
-            rules.append(f"{_IP[family]} {self.addr} vmap @{name}")
+            exact, interval = self.map_names(family)
+            self.objs.sets[exact] = self.exact_map(plan)
+            self.objs.sets[interval] = self.interval_map(plan)
+            rules.append(f"{_IP[family]} {self.addr} vmap @{exact}")
+            rules.append(f"{_IP[family]} {self.addr} vmap @{interval}")
         return rules
 
 

@@ -63,28 +63,41 @@ def test_plans_agree_with_the_oracle(seed):
 
 @settings(max_examples=300, deadline=None, derandomize=True)
 @given(st.integers(0, 2**32 - 1))
-def test_membership_change_touches_only_its_pieces(seed):
+def test_lookup_finds_the_row_of_every_address(seed):
+    """Exact, then interval (merged across single addresses): the same row as the first-match
+    truth at every address where something changes, and just beside it."""
+    rnd = random.Random(seed)
+    rs = compile_document(parse_data(gen_document(rnd)))
+    for plans in plans_of(rs).values():
+        for plan in plans.values():
+            edges = {x for lo, hi, _ in plan.segments for x in (lo - 1, lo, hi, hi + 1)}
+            edges |= {x for p in plan.points() for x in (p - 1, p, p + 1)}
+            for a in sorted(x for x in edges if x >= 0):
+                assert plan.lookup(a) == plan.row_at(a), a
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.integers(0, 2**32 - 1))
+def test_membership_change_touches_only_the_changed_members(seed):
     rnd = random.Random(seed)
     rs = compile_document(parse_data(gen_document(rnd)))
     for chain in rs.chains:
-        groups = {g.name: g for g in rs.groups}
-        before = plan_chain(chain, groups)
-        # other members for every group: some kept, some gone, some new
-        new = {}
+        before = plan_chain(chain, {g.name: g for g in rs.groups})
+        new = {}  # other members for every group: some kept, some gone, some new
         for g in rs.groups:
             pool = [h for h in HOSTS if rnd.randrange(2)]
             new[g.name] = GroupSet(g.name, tuple(sorted(h for h in pool if h.version == 4)),
                                    tuple(sorted(h for h in pool if h.version == 6)))
         fresh = plan_chain(chain, new)
         for fam, plan in before.items():
-            members = fresh[fam].members
-            after = plan.with_members(members)
-            changed = set().union(*(plan.members[g] ^ members[g] for g in members)) if members \
-                else set()
-            pieces = plan.pieces()
-            for lo, hi in sorted({plan.span_of(a) for a in changed}):
-                old = [x for x in pieces if lo <= x[0] and x[1] <= hi]
-                assert plan.pieces_between(lo, hi) == old
-                pieces = sorted([x for x in pieces if x not in old]
-                                + after.pieces_between(lo, hi))
-            assert sorted(pieces) == fresh[fam].pieces()
+            after = plan.with_members(fresh[fam].members)
+            assert after.intervals() == plan.intervals() == fresh[fam].intervals()
+            changed = set()
+            for g, ms in plan.members.items():
+                changed |= ms ^ after.members[g]
+            exact = plan.exact()
+            for a in changed:  # what the backend's fast path does
+                exact.pop(a, None)
+                if after.exact_row(a):
+                    exact[a] = after.exact_row(a)
+            assert exact == fresh[fam].exact()

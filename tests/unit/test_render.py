@@ -363,7 +363,7 @@ def counting_statements(text: str) -> list[tuple[str, str, list[str], bool]]:
 
 
 @pytest.mark.skipif("sets" not in RENDERINGS, reason="no set rendering")
-def test_sets_one_address_lookup_per_family_then_a_class_chain():
+def test_sets_address_lookups_per_family_then_a_class_chain():
     rs = compile_document(document())
     text = render_text(rs, "sets")
     maps, chains = maps_of(text), chains_of(text)
@@ -371,7 +371,10 @@ def test_sets_one_address_lookup_per_family_then_a_class_chain():
         body = chains[chain_name(c.nic, c.direction)]
         lookups = [s for s in body if " vmap @" in s]
         addr = "saddr" if c.direction == "inbound" else "daddr"
-        assert all(re.fullmatch(rf"ip6? {addr} vmap @a[46]_\S+", s) for s in lookups), lookups
+        want = [f"{ip} {addr} vmap @{kind}{fam}_{chain_name(c.nic, c.direction)}"
+                for ip, fam in (("ip", 4), ("ip6", 6)) for kind in "ha"
+                if any(m.family == fam for d in c.decisions for m in d.matches)]
+        assert lookups == want  # per family with rules: exactly (hash), then by interval
         tail_chain = "t_" + chain_name(c.nic, c.direction)
         if lookups:  # the NIC chain ends as its class chains do: inner access, default
             assert body[body.index(lookups[-1]) + 1:] == chains[tail_chain]
