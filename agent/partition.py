@@ -112,3 +112,35 @@ def paint_line(items: list[tuple[int, int, int]]) -> tuple[tuple[int, int, int],
         else:
             out.append((x, hi, owner))
     return tuple(out)
+
+
+def overlay(top: Painted, under: Painted) -> tuple[tuple[int, int, int, int, int | None], ...]:
+    """Where painting ``top`` differs from painting ``under``: disjoint boxes with top's owner
+    there (None where top paints nothing but under does).  Everywhere else the two agree, so
+    "the differing boxes, else ``under``" decides exactly as ``top``."""
+    bounds = sorted({b[0] for b in top + under} | {b[1] + 1 for b in top + under})
+    strips: list[tuple[int, int, tuple]] = []
+    for lo, nxt in zip(bounds, bounds[1:]):
+        t = [(b[2], b[3], b[4]) for b in top if b[0] <= lo <= b[1]]
+        u = [(b[2], b[3], b[4]) for b in under if b[0] <= lo <= b[1]]
+        if not t and not u:
+            continue
+        vb = sorted({x[0] for x in t + u} | {x[1] + 1 for x in t + u})
+        line: list[tuple[int, int, int | None]] = []
+        for vlo, vnxt in zip(vb, vb[1:]):
+            ot = next((o for a, b, o in t if a <= vlo <= b), None)
+            ou = next((o for a, b, o in u if a <= vlo <= b), None)
+            if ot == ou:
+                continue
+            if line and line[-1][2] == ot and line[-1][1] + 1 == vlo:
+                line[-1] = (line[-1][0], vnxt - 1, ot)
+            else:
+                line.append((vlo, vnxt - 1, ot))
+        if not line:
+            continue
+        hi = nxt - 1
+        if strips and strips[-1][2] == tuple(line) and strips[-1][1] + 1 == lo:
+            strips[-1] = (strips[-1][0], hi, tuple(line))
+        else:
+            strips.append((lo, hi, tuple(line)))
+    return tuple((plo, phi, vlo, vhi, o) for plo, phi, line in strips for vlo, vhi, o in line)

@@ -40,6 +40,8 @@ class Plan:
     members: dict[str, frozenset[int]]                      # group -> member addresses
     _starts: list[int] = field(default_factory=list, repr=False)
     _rows: dict[tuple, Painted] = field(default_factory=dict, repr=False)
+    _intervals: list[Piece] | None = field(default=None, repr=False)
+    _interval_starts: list[int] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         self._starts = [s[0] for s in self.segments]
@@ -125,19 +127,25 @@ class Plan:
             reach = hi
         return out
 
+    def interval_row(self, a: int) -> Painted:
+        """The row the interval lookup finds for ``a`` (``()`` if none)."""
+        if self._intervals is None:
+            self._intervals = self.intervals()
+            self._interval_starts = [p[0] for p in self._intervals]
+        k = bisect.bisect_right(self._interval_starts, a) - 1
+        if k >= 0 and self._intervals[k][1] >= a:
+            return self._intervals[k][2]
+        return ()
+
     def lookup(self, a: int) -> Painted:
         """The row a renderer of the plan finds for ``a``: exactly, else by interval."""
-        row = self.exact_row(a)
-        if row:
-            return row
-        k = bisect.bisect_right([p[0] for p in self.intervals()], a) - 1
-        pieces = self.intervals()
-        return pieces[k][2] if k >= 0 and pieces[k][1] >= a else ()
+        return self.exact_row(a) or self.interval_row(a)
 
     def with_members(self, members: dict[str, frozenset[int]]) -> "Plan":
         """The same plan with other members (rules unchanged); the row cache is shared."""
         p = Plan(self.family, self.segments, self.group_items, members)
         p._starts, p._rows = self._starts, self._rows
+        p._intervals, p._interval_starts = self._intervals, self._interval_starts
         return p
 
 

@@ -49,6 +49,10 @@ class Objects:
     sets: dict[str, SetDef] = field(default_factory=dict)       # sets and verdict maps
     chains: dict[str, tuple[str | None, tuple[str, ...]]] = field(default_factory=dict)
     #        name -> (base chain header or None, rules)
+    refs: dict[str, int] = field(default_factory=dict)
+    #        class chain -> how many map elements and class chains go to it
+    exact: dict[str, dict[str, str]] = field(default_factory=dict)
+    #        exact address map -> {address: verdict}, as loaded
     plans: dict[str, dict] = field(default_factory=dict)
     #        NIC chain -> {family: peerclass.Plan}: what the set rendering's address maps were
     #        built from, kept so that a membership change can touch only its pieces

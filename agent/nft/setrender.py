@@ -29,7 +29,7 @@ import hashlib
 import socket
 
 from ..ir import Chain, Decision, GroupSet
-from ..partition import Painted
+from ..partition import Painted, overlay
 from ..peerclass import ICMP, TCP, UDP, Plan, plan_chain
 from .names import chain_name, counter_name
 from .objects import Objects, SetDef
@@ -37,11 +37,15 @@ from .render import VERB, tail, verdict
 
 _IP = {4: "ip", 6: "ip6"}
 _ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
-INLINE_MAX = 3  # deciding decisions per kind written as rules; more go into a map
+# Pieces of a row per protocol kind written as rules (one comparison each); more go into a
+# verdict map.  No anonymous sets: the kernel names and finds sets by walking a list, so
+# thousands of them make a load quadratic.
+INLINE_MAX = 8
 
 
 class ChainRenderer:
-    """Renders one NIC chain's plans; also used alone to render rows for a membership change."""
+    """Renders one NIC chain's plans into ``objs``; a membership change uses it alone, to
+    render the rows of changed members into a copy of the applied objects."""
 
     def __init__(self, chain: Chain, objs: Objects) -> None:
         self.chain = chain
@@ -49,40 +53,66 @@ class ChainRenderer:
         self.base = chain_name(chain.nic, chain.direction)
         self.addr = VERB[chain.direction][1]
         self.tail_chain = "t_" + self.base  # inner access and the default, shared
-        self._names: dict[tuple[int, Painted], str] = {}
+        self.created: list[str] = []        # class chains this renderer added to objs
+        self._names: dict[tuple, str] = {}
 
     def map_names(self, family: int) -> tuple[str, str]:
         """The exact (hash) and the interval address map of this chain and family."""
         return f"h{family}_{self.base}", f"a{family}_{self.base}"
 
+    def exact_value(self, plan: Plan, a: int, row: Painted) -> str:
+        """The element of a single address: its class chain decides where its row differs from
+        what the interval lookup would give it, then goes to that (so a class chain holds only
+        what is particular to the address)."""
+        name = self.class_chain(plan.family, row, plan.interval_row(a))
+        self.objs.refs[name] = self.objs.refs.get(name, 0) + 1
+        return f"goto {name}"
+
     def exact_map(self, plan: Plan) -> SetDef:
-        values = tuple(sorted(self.element(plan.family, a, a, row)
-                              for a, row in plan.exact().items()))
-        return SetDef(_ADDR_TYPE[plan.family], frozenset(k for k, _ in values), values)
+        elements = {addr_range(a, a, plan.family): self.exact_value(plan, a, row)
+                    for a, row in plan.exact().items()}
+        self.objs.exact[self.map_names(plan.family)[0]] = elements
+        return exact_setdef(plan.family, elements)
 
     def interval_map(self, plan: Plan) -> SetDef:
-        values = tuple(sorted(self.element(plan.family, lo, hi, row)
-                              for lo, hi, row in plan.intervals()))
-        return SetDef(_ADDR_TYPE[plan.family], frozenset(k for k, _ in values), values,
+        values = []
+        for lo, hi, row in plan.intervals():
+            name = self.class_chain(plan.family, row)
+            self.objs.refs[name] = self.objs.refs.get(name, 0) + 1
+            values.append((addr_range(lo, hi, plan.family), f"goto {name}"))
+        values.sort()
+        return SetDef(_ADDR_TYPE[plan.family], frozenset(k for k, _ in values), tuple(values),
                       interval=True)
 
-    def element(self, family: int, lo: int, hi: int, row: Painted) -> tuple[str, str]:
-        return addr_range(lo, hi, family), f"goto {self.row_chain(family, row)}"
-
-    def row_chain(self, family: int, row: Painted) -> str:
-        """The class chain of a row (created in ``objs`` on first use)."""
-        name = self._names.get((family, row))
+    def class_chain(self, family: int, row: Painted, base: Painted = ()) -> str:
+        """The chain deciding ``row``; with ``base``, only where the row differs from it, then
+        the chain of ``base``.  Created in ``objs`` if new (references are the caller's to
+        count, except the one to ``base``)."""
+        key = (family, row, base)
+        name = self._names.get(key)
         if name is not None:
             return name
-        rules = self._row_rules(family, row) + [f"goto {self.tail_chain}"]
+        after = self.tail_chain
+        boxes: tuple = row
+        if base:
+            boxes = overlay(row, base)
+            after = self.class_chain(family, base)
+            if not boxes:
+                self._names[key] = after
+                return after
+        rules = self._row_rules(family, boxes) + [f"goto {after}"]
         name = "k_" + _digest(family, self.base, *rules)
-        self.objs.chains.setdefault(name, (None, tuple(rules)))
-        self._names[(family, row)] = name
+        if name not in self.objs.chains:
+            self.objs.chains[name] = (None, tuple(rules))
+            self.created.append(name)
+            if base:
+                self.objs.refs[after] = self.objs.refs.get(after, 0) + 1
+        self._names[key] = name
         return name
 
-    def _row_rules(self, family: int, row: Painted) -> list[str]:
+    def _row_rules(self, family: int, row) -> list[str]:
         icmp = ICMP[family]
-        kinds: dict[str, dict[int, list[tuple[int, int, int, int]]]] = {}
+        kinds: dict[str, dict[int | None, list[tuple[int, int, int, int]]]] = {}
         for plo, phi, vlo, vhi, owner in row:
             for lo, hi, kind in _split_by_kind(plo, phi, icmp):
                 kinds.setdefault(kind, {}).setdefault(owner, []).append((lo, hi, vlo, vhi))
@@ -91,24 +121,33 @@ class ChainRenderer:
             owners = kinds.get(kind)
             if not owners:
                 continue
-            if len(owners) <= INLINE_MAX:
+            if sum(map(len, owners.values())) <= INLINE_MAX:
                 for owner, boxes in owners.items():
-                    rules.extend(self._inline(kind, family, self.chain.decisions[owner], boxes))
+                    rules.extend(self._inline(kind, family, self._decision(owner), boxes))
             else:
                 rules.append(self._lookup(kind, family, owners))
         return rules
 
-    def _inline(self, kind: str, family: int, decision: Decision, boxes) -> list[str]:
-        match = _selector(kind, family) + " " + _values(kind, family, boxes)
+    def _decision(self, owner: int | None) -> Decision | None:
+        return None if owner is None else self.chain.decisions[owner]
+
+    def _inline(self, kind: str, family: int, decision: Decision | None, boxes) -> list[str]:
         if kind in ("tcp", "udp") and _full(boxes, 65535) or kind == "icmp" and _full(boxes, 255):
-            match = f"meta l4proto {_l4(kind, family)}"
+            matches = [f"meta l4proto {_l4(kind, family)}"]
+        elif kind == "other":
+            matches = [f"meta l4proto {_rng(plo, phi)}" for plo, phi, _, _ in boxes]
+        else:
+            matches = [f"{_selector(kind, family)} {_rng(vlo, vhi)}" for _, _, vlo, vhi in boxes]
+        if decision is None:  # nothing decides here (where the base would): the tail
+            return [f"{m} goto {self.tail_chain}" for m in matches]
         proto = "tcp" if kind == "tcp" else "udp"  # reject: tcp reset for tcp, else icmpx
-        return [f"{match} {v}" for v in verdict(decision.counter, decision.action, proto)]
+        return [f"{m} {v}" for m in matches for v in verdict(decision.counter, decision.action, proto)]
 
     def _lookup(self, kind: str, family: int, owners: dict[int, list]) -> str:
         values = []
         for owner, boxes in owners.items():
-            target = f"goto {decider(self.chain.decisions[owner], self.objs)}"
+            target = f"goto {self.tail_chain}" if owner is None else \
+                f"goto {decider(self.chain.decisions[owner], self.objs)}"
             for plo, phi, vlo, vhi in boxes:
                 key = _rng(plo, phi) if kind == "other" else _rng(vlo, vhi)
                 values.append((key, target))
@@ -136,6 +175,11 @@ class ChainRenderer:
             rules.append(f"{_IP[family]} {self.addr} vmap @{exact}")
             rules.append(f"{_IP[family]} {self.addr} vmap @{interval}")
         return rules
+
+
+def exact_setdef(family: int, elements: dict[str, str]) -> SetDef:
+    """The exact address map from its elements (address -> verdict)."""
+    return SetDef(_ADDR_TYPE[family], frozenset(elements), tuple(elements.items()))
 
 
 def chain_body(chain: Chain, objs: Objects, groups: dict[str, GroupSet]) -> list[str]:
@@ -181,15 +225,6 @@ def _l4(kind: str, family: int) -> str:
     if kind == "icmp":
         return "icmp" if family == 4 else "ipv6-icmp"
     return kind
-
-
-def _values(kind: str, family: int, boxes) -> str:
-    if kind == "other":
-        items = [_rng(plo, phi) for plo, phi, _, _ in boxes]
-    else:
-        items = [_rng(vlo, vhi) for _, _, vlo, vhi in boxes]
-    items = sorted(set(items), key=lambda s: int(s.split("-")[0]))
-    return items[0] if len(items) == 1 else "{ " + ", ".join(items) + " }"
 
 
 def _full(boxes, top: int) -> bool:
