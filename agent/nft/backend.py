@@ -16,6 +16,7 @@ from .netlink import CounterReading, NetlinkCounterReader, NetlinkError
 from .names import FAMILY, TABLE, counter_name, parse_comment
 from .objects import Objects
 from .render import render
+from .setrender import member_update
 
 # Fault injection for tests: while the file this names exists, every transaction ends with a
 # command the kernel refuses, so it fails after the kernel has processed the rest of it.
@@ -139,6 +140,13 @@ class NftBackend:
 
     # -- writing --------------------------------------------------------------------------
     def render(self, rs: Ruleset) -> Objects:
+        old, old_rs = self._applied, self._applied_rs
+        if (old is not None and old_rs is not None and self.rendering == "sets"
+                and rs.chains == old_rs.chains):
+            # Only members changed: touch their elements, not the whole ruleset.
+            objs = member_update(old, old_rs, rs)
+            if objs is not None:
+                return objs
         return render(rs, self.rendering)
 
     def replace_script(self, objs: Objects) -> str:

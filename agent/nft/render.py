@@ -7,7 +7,7 @@ of decisions into verdict maps so the per-packet cost does not grow with the rul
 from __future__ import annotations
 
 from ..allowances import DHCP_PORTS, LINK_ICMPV6
-from ..ir import Chain, CounterKey, Decision, Match, Ruleset
+from ..ir import Chain, CounterKey, Decision, GroupSet, Match, Ruleset
 from .names import chain_name, counter_comment, counter_name, set_name
 from .objects import Objects, SetDef
 
@@ -28,14 +28,19 @@ def render(rs: Ruleset, rendering: str = "sets") -> Objects:
         for key in chain.counters:
             objs.counters[counter_name(key)] = counter_comment(key)
     for g in rs.groups:
-        objs.sets[set_name(g.name, 4)] = SetDef("ipv4_addr", frozenset(map(str, g.v4)))
-        objs.sets[set_name(g.name, 6)] = SetDef("ipv6_addr", frozenset(map(str, g.v6)))
+        for family in (4, 6):
+            objs.sets[set_name(g.name, family)] = member_set(g, family)
     groups = {g.name: g for g in rs.groups}
     for chain in rs.chains:
         rules = preamble(chain.direction) + chain_body(chain, objs, groups) + tail(chain)
         objs.chains[chain_name(chain.nic, chain.direction)] = (None, tuple(rules))
     objs.chains.update(base_chains(rs))
     return objs
+
+
+def member_set(g: GroupSet, family: int) -> SetDef:
+    """A group's members of one family, as inner access and linear group peers look them up."""
+    return SetDef(f"ipv{family}_addr", frozenset(map(str, g.v4 if family == 4 else g.v6)))
 
 
 def linear_body(chain: Chain, objs: Objects, groups) -> list[str]:

@@ -28,12 +28,12 @@ from __future__ import annotations
 import hashlib
 import socket
 
-from ..ir import Chain, Decision, GroupSet
+from ..ir import Chain, Decision, GroupSet, Ruleset
 from ..partition import Painted, overlay
 from ..peerclass import ICMP, TCP, UDP, Plan, plan_chain
-from .names import chain_name, counter_name
+from .names import chain_name, counter_name, set_name
 from .objects import Objects, SetDef
-from .render import VERB, tail, verdict
+from .render import VERB, member_set, tail, verdict
 
 _IP = {4: "ip", 6: "ip6"}
 _ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
@@ -259,3 +259,67 @@ def _ntoa(n: int, family: int) -> str:
     if family == 4:
         return socket.inet_ntoa(n.to_bytes(4, "big"))
     return socket.inet_ntop(socket.AF_INET6, n.to_bytes(16, "big"))
+
+
+def member_update(old: Objects, old_rs: Ruleset, rs: Ruleset) -> Objects | None:
+    """The objects for ``rs``, whose chains equal ``old_rs``'s and only members differ, built
+    from ``old`` (what the kernel holds) by touching only the changed members: their element
+    in the exact address map, the class chains of their new rows, the group's member set.
+    Exactly what :func:`render` would give, without its cost; None where this cannot be done
+    alone (a class chain left unused holds a verdict map), and the caller renders it all."""
+    before = {g.name: g for g in old_rs.groups}
+    if set(before) != {g.name for g in rs.groups}:
+        return None
+    new = Objects(dict(old.counters), dict(old.sets), dict(old.chains), dict(old.refs),
+                  dict(old.exact), dict(old.plans))
+    changed: dict[str, GroupSet] = {}
+    for g in rs.groups:
+        o = before[g.name]
+        if (o.v4, o.v6) != (g.v4, g.v6):
+            changed[g.name] = g
+            new.sets[set_name(g.name, 4)] = member_set(g, 4)
+            new.sets[set_name(g.name, 6)] = member_set(g, 6)
+    unused: set[str] = set()
+    for chain in rs.chains:
+        r = ChainRenderer(chain, new)
+        plans = old.plans.get(r.base)
+        if plans is None:
+            return None
+        for family, plan in plans.items():
+            touched = [g for g in plan.members if g in changed]
+            if not touched:
+                continue
+            members = dict(plan.members)
+            for g in touched:
+                addrs = changed[g].v4 if family == 4 else changed[g].v6
+                members[g] = frozenset(int(a) for a in addrs)
+            after = plan.with_members(members)
+            new.plans[r.base] = {**new.plans[r.base], family: after}
+            name = r.map_names(family)[0]
+            elements = dict(new.exact[name])
+            for a in sorted(set().union(*(plan.members[g] ^ members[g] for g in touched))):
+                key = addr_range(a, a, family)
+                gone = elements.pop(key, None)
+                if gone is not None:
+                    target = gone.split()[1]
+                    new.refs[target] -= 1
+                    unused.add(target)
+                row = after.exact_row(a)
+                if row:
+                    elements[key] = r.exact_value(after, a, row)
+            new.exact[name] = elements
+            new.sets[name] = exact_setdef(family, elements)
+    while unused:  # class chains nothing goes to any more, and what only they went to
+        name = unused.pop()
+        if new.refs.get(name, 0) > 0:
+            continue
+        rules = new.chains.pop(name)[1]
+        new.refs.pop(name, None)
+        if any(" vmap @" in rule for rule in rules):
+            return None
+        last = rules[-1].split()[1]
+        if last.startswith("k_"):
+            new.refs[last] -= 1
+            unused.add(last)
+    return new
+
