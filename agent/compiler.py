@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import ipaddress
+import weakref
 
 from .ir import Chain, CounterKey, Decision, GroupSet, Match, Ruleset
 from .model import Document, FailsafeEntry, GroupPeer, Nic, Rule
 
 _FAMILY_ICMP = {4: ("icmp", 8), 6: ("icmpv6", 128)}
+# Networks are shared between compilations, so that comparing the rules of two rulesets finds
+# the same objects and does not compare networks field by field.
+_NETS: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()
 
 
-def compile_document(doc: Document) -> Ruleset:
+def compile_document(doc: Document,
+                     previous: tuple[Document, Ruleset] | None = None) -> Ruleset:
+    """The ruleset of ``doc``.  With ``previous`` (a document and its ruleset), when ``doc``
+    differs from it only in members (its host and rules are the same objects, as
+    :class:`sgagent.load.DocumentCache` leaves them) and no group gains its first member or
+    loses its last (inner access follows that), the chains are reused as they are and only the
+    member sets are made again."""
+    if previous is not None:
+        rs = _members_only(doc, *previous)
+        if rs is not None:
+            return rs
     chains = []
     for nic in doc.host.nics:
         for direction in ("inbound", "outbound"):
@@ -23,15 +37,32 @@ def compile_document(doc: Document) -> Ruleset:
             for m in d.matches:
                 if m.group is not None:
                     referenced[m.group] = None
+    return Ruleset(tuple(chains), _group_sets(doc, sorted(referenced)))
+
+
+def _group_sets(doc: Document, names) -> tuple[GroupSet, ...]:
     groups = []
-    for name in sorted(referenced):
+    for name in names:
         members = doc.security_groups[name].members
         groups.append(GroupSet(
             name,
             tuple(sorted(m for m in members if m.version == 4)),
             tuple(sorted(m for m in members if m.version == 6)),
         ))
-    return Ruleset(tuple(chains), tuple(groups))
+    return tuple(groups)
+
+
+def _members_only(doc: Document, old: Document, old_rs: Ruleset) -> Ruleset | None:
+    if doc.host is not old.host or doc.security_groups.keys() != old.security_groups.keys():
+        return None
+    for name, g in doc.security_groups.items():
+        o = old.security_groups[name]
+        if g is o:
+            continue
+        if (g.rules is not o.rules or g.type != o.type or g.inner_access != o.inner_access
+                or g.account != o.account or bool(g.members) != bool(o.members)):
+            return None
+    return Ruleset(old_rs.chains, _group_sets(doc, [g.name for g in old_rs.groups]))
 
 
 def ordered_rules(doc: Document, nic: Nic, direction: str) -> list[tuple[str, int, Rule]]:
@@ -96,6 +127,7 @@ def matches_of(rule: Rule | FailsafeEntry) -> tuple[Match, ...]:
         fam_nets = nets[family]
         collapsed = (tuple(fam_nets) if len(fam_nets) == 1
                      else tuple(ipaddress.collapse_addresses(fam_nets)) if fam_nets else ())
+        collapsed = tuple(_NETS.setdefault(n, n) for n in collapsed)
         if collapsed:
             out.append(Match(family, collapsed, None, proto, ports, icmp_type))
         for g in dict.fromkeys(groups):

@@ -1,6 +1,7 @@
 """The backend-neutral intermediate representation: per NIC and direction, the ordered decisions.
 
-No backend syntax lives here.  A renderer (linear nftables, set-compiled nftables, iptables)
+No backend syntax lives here.  The per-rule types are named tuples, so that comparing two
+rulesets (does a new document change any rule, or only members?) runs at C speed.  A renderer (linear nftables, set-compiled nftables, iptables)
 walks a :class:`Ruleset` and turns each :class:`Chain` into its own statements.
 """
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 PortRange = tuple[int, int]
@@ -16,8 +17,7 @@ Action = Literal["accept", "drop", "reject"]
 Direction = Literal["inbound", "outbound"]
 
 
-@dataclass(frozen=True)
-class Match:
+class Match(NamedTuple):
     """One conjunction: peer (addresses or a group's members) x protocol x ports, one family."""
     family: int                       # 4 | 6
     nets: tuple[IPNetwork, ...] = ()  # literal peers (empty when ``group`` is set)
@@ -27,8 +27,7 @@ class Match:
     icmp_type: int | None = None      # icmp/icmpv6 type; None: all
 
 
-@dataclass(frozen=True)
-class CounterKey:
+class CounterKey(NamedTuple):
     """The identity of a hit counter (SEMANTICS section 8)."""
     nic: str
     direction: Direction
@@ -37,8 +36,7 @@ class CounterKey:
     policy: Action
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     """A rule as enforced on one NIC: the first decision whose matches hold decides."""
     counter: CounterKey
     action: Action

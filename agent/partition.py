@@ -86,7 +86,12 @@ def paint(items: list[tuple[int, tuple[Rect, ...]]]) -> Painted:
 
 def paint_line(items: list[tuple[int, int, int]]) -> tuple[tuple[int, int, int], ...]:
     """First-match painting of intervals (owner, lo, hi); the lowest owner wins.  A sweep with
-    a heap of the active owners: O(n log n)."""
+    a heap of the active owners: O(n log n).  (Few intervals, the common case, go the direct
+    way.)"""
+    if len(items) == 1:
+        return (items[0][1], items[0][2], items[0][0]),
+    if len(items) <= 12:
+        return _paint_few(items)
     events: dict[int, list[tuple[int, int]]] = {}
     for k, (owner, lo, hi) in enumerate(items):
         events.setdefault(lo, []).append((1, k))
@@ -114,33 +119,61 @@ def paint_line(items: list[tuple[int, int, int]]) -> tuple[tuple[int, int, int],
     return tuple(out)
 
 
+def _paint_few(items: list[tuple[int, int, int]]) -> tuple[tuple[int, int, int], ...]:
+    ordered = sorted(items)
+    bounds = sorted({lo for _, lo, _ in items} | {hi + 1 for _, _, hi in items})
+    out: list[tuple[int, int, int]] = []
+    for lo, nxt in zip(bounds, bounds[1:]):
+        for owner, a, b in ordered:
+            if a <= lo <= b:
+                if out and out[-1][2] == owner and out[-1][1] + 1 == lo:
+                    out[-1] = (out[-1][0], nxt - 1, owner)
+                else:
+                    out.append((lo, nxt - 1, owner))
+                break
+    return tuple(out)
+
+
 def overlay(top: Painted, under: Painted) -> tuple[tuple[int, int, int, int, int | None], ...]:
     """Where painting ``top`` differs from painting ``under``: disjoint boxes with top's owner
     there (None where top paints nothing but under does).  Everywhere else the two agree, so
     "the differing boxes, else ``under``" decides exactly as ``top``."""
+    if top == under:
+        return ()
     bounds = sorted({b[0] for b in top + under} | {b[1] + 1 for b in top + under})
     strips: list[tuple[int, int, tuple]] = []
     for lo, nxt in zip(bounds, bounds[1:]):
-        t = [(b[2], b[3], b[4]) for b in top if b[0] <= lo <= b[1]]
-        u = [(b[2], b[3], b[4]) for b in under if b[0] <= lo <= b[1]]
-        if not t and not u:
+        t = sorted((b[2], b[3], b[4]) for b in top if b[0] <= lo <= b[1])
+        u = sorted((b[2], b[3], b[4]) for b in under if b[0] <= lo <= b[1])
+        if t == u:
             continue
-        vb = sorted({x[0] for x in t + u} | {x[1] + 1 for x in t + u})
-        line: list[tuple[int, int, int | None]] = []
-        for vlo, vnxt in zip(vb, vb[1:]):
-            ot = next((o for a, b, o in t if a <= vlo <= b), None)
-            ou = next((o for a, b, o in u if a <= vlo <= b), None)
-            if ot == ou:
-                continue
-            if line and line[-1][2] == ot and line[-1][1] + 1 == vlo:
-                line[-1] = (line[-1][0], vnxt - 1, ot)
-            else:
-                line.append((vlo, vnxt - 1, ot))
+        line = _line_diff(t, u)
         if not line:
             continue
         hi = nxt - 1
-        if strips and strips[-1][2] == tuple(line) and strips[-1][1] + 1 == lo:
-            strips[-1] = (strips[-1][0], hi, tuple(line))
+        if strips and strips[-1][2] == line and strips[-1][1] + 1 == lo:
+            strips[-1] = (strips[-1][0], hi, line)
         else:
-            strips.append((lo, hi, tuple(line)))
+            strips.append((lo, hi, line))
     return tuple((plo, phi, vlo, vhi, o) for plo, phi, line in strips for vlo, vhi, o in line)
+
+
+def _line_diff(t: list, u: list) -> tuple:
+    """Two sorted, disjoint interval lines: where their owners differ, with t's owner."""
+    vb = sorted({x[0] for x in t + u} | {x[1] + 1 for x in t + u})
+    out: list[tuple[int, int, int | None]] = []
+    i = j = 0
+    for vlo, vnxt in zip(vb, vb[1:]):
+        while i < len(t) and t[i][1] < vlo:
+            i += 1
+        while j < len(u) and u[j][1] < vlo:
+            j += 1
+        ot = t[i][2] if i < len(t) and t[i][0] <= vlo else None
+        ou = u[j][2] if j < len(u) and u[j][0] <= vlo else None
+        if ot == ou:
+            continue
+        if out and out[-1][2] == ot and out[-1][1] + 1 == vlo:
+            out[-1] = (out[-1][0], vnxt - 1, ot)
+        else:
+            out.append((vlo, vnxt - 1, ot))
+    return tuple(out)

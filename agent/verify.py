@@ -137,7 +137,7 @@ class Report:
             "rows": [{**asdict(r.expect), "observed": r.observed, "kernel_ok": r.kernel_ok,
                       "oracle_ok": r.oracle_ok, "counter_ok": r.counter_ok, "delta": r.delta}
                      for r in self.rows],
-            "stray": [{**asdict(k), "delta": d} for k, d in self.stray],
+            "stray": [{**k._asdict(), "delta": d} for k, d in self.stray],
         }, indent=2)
 
 

@@ -243,7 +243,8 @@ class Daemon:
     def _apply(self, doc: Document, raw: bytes, digest: str, origin: str, why: str,
                since: float | None = None, save: bool = True) -> bool:
         try:
-            rs = compile_document(doc)
+            previous = (self.applied.doc, self.applied.ruleset) if self.applied else None
+            rs = compile_document(doc, previous)
         except Exception as exc:  # noqa: BLE001 - a document the compiler cannot express
             self.stats.invalid_document()
             log.error("refused the document from %s: cannot compile it: %s", origin, exc)

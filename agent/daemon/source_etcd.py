@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 import yaml
 from etcd3gw.client import Etcd3Client
 
-from ..load import DocumentError, _check_depth, _Loader, parse_data
+from ..load import DocumentCache, DocumentError, _check_depth, _Loader
 from .config import EtcdSource as EtcdConfig
 from .sources import Backoff, Emit, Invalid, Snapshot, Source, Unavailable, Unchanged
 from .state import digest
@@ -180,6 +180,7 @@ class EtcdSource(Source):
         self._host_value: bytes | None = None
         self._groups: dict[str, bytes] = {}
         self._last_digest: str | None = None
+        self._docs = DocumentCache()  # a members-only change is not parsed whole again
         self._last_kind: str | None = None
         self._unavailable = False
 
@@ -378,7 +379,7 @@ class EtcdSource(Source):
             return
         self._last_digest = d
         try:
-            doc = parse_data(data, origin)
+            doc = self._docs.parse_data(data, origin)
         except DocumentError as exc:
             self._last_kind = "invalid"
             self._emit(Invalid(exc, origin))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import watchfiles
 
-from ..load import MAX_BYTES, DocumentError, parse_bytes
+from ..load import MAX_BYTES, DocumentCache, DocumentError
 from .config import FileSource as FileConfig
 from .sources import Emit, Invalid, Snapshot, Source, Unavailable, Unchanged
 from .state import digest
@@ -31,6 +31,7 @@ class FileSource(Source):
         self.path = Path(cfg.path)
         self._lock = threading.Lock()
         self._last_digest: str | None = None
+        self._docs = DocumentCache()  # a members-only change is not parsed whole again
         self._last: Snapshot | Invalid | Unavailable | None = None
 
     @property
@@ -69,7 +70,7 @@ class FileSource(Source):
                 self._emit(Unchanged(self.description))
                 return
             try:
-                doc = parse_bytes(raw, self.description)
+                doc = self._docs.parse_bytes(raw, self.description)
             except DocumentError as exc:
                 self._set(d, Invalid(exc, self.description), True)
                 return

@@ -18,7 +18,7 @@ import threading
 import httpx
 
 from .. import __version__
-from ..load import MAX_BYTES, DocumentError, parse_bytes
+from ..load import MAX_BYTES, DocumentCache, DocumentError
 from .config import HttpsSource as HttpsConfig
 from .sources import Backoff, Emit, Invalid, Snapshot, Source, Unavailable, Unchanged
 from .state import digest
@@ -38,6 +38,7 @@ class HttpsSource(Source):
         self._force = False
         self._etag: str | None = None
         self._last: Snapshot | None = None
+        self._docs = DocumentCache()  # a members-only change is not parsed whole again
         self._client: httpx.Client | None = None
 
     @property
@@ -125,7 +126,7 @@ class HttpsSource(Source):
             self._emit(Unchanged(self.description))
             return self.cfg.poll_interval
         try:
-            doc = parse_bytes(body, self.description)
+            doc = self._docs.parse_bytes(body, self.description)
         except DocumentError as exc:
             # Remember the ETag: the same invalid document is not fetched and refused again
             # and again; a fixed one has a new ETag.

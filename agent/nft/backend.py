@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from .. import netns
 from ..ir import Ruleset
 from .libnft import Nft, NftError
+from .elements import NetlinkElementWriter
 from .netlink import CounterReading, NetlinkCounterReader, NetlinkError
 from .names import FAMILY, TABLE, counter_name, parse_comment
 from .objects import Objects
@@ -32,7 +33,8 @@ class ApplyError(Exception):
 class ApplyResult:
     objects: Objects
     mode: str         # "delta" | "full"
-    commands: int     # lines in the transaction sent to the kernel
+    commands: int     # lines in the transaction sent to the kernel (elements, over netlink)
+    channel: str = "libnftables"  # or "netlink": element updates only, sent directly
 
     @property
     def counters(self) -> int:
@@ -57,6 +59,7 @@ class NftBackend:
         self._applied_rs: Ruleset | None = None
         self._applied_gen: int | None = None    # ruleset generation right after our apply
         self._reader: NetlinkCounterReader | None = None
+        self._writer: NetlinkElementWriter | None = None
         self._exec = netns.NetnsExecutor(netns_name)
         self._nft: Nft | None = None
 
@@ -65,6 +68,9 @@ class NftBackend:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         if self._nft is not None:
             nft, self._nft = self._nft, None
             self._exec.call(nft.close)
@@ -164,6 +170,17 @@ class NftBackend:
             self.forget()
         objs = self.render(rs)
         script, mode = None, "full"
+        if not full and not dry_run and objs.element_changes is not None and self._applied:
+            try:  # only elements changed: straight over netlink, one atomic batch
+                self._elements().send(_faulty_changes(objs.element_changes), gen)
+            except NetlinkError:
+                objs.element_changes = None  # refused, nothing changed: libnftables below
+            else:
+                self._applied, self._applied_rs = objs, rs
+                after = self._generation()
+                self._applied_gen = after if gen is not None and after == gen + 1 else None
+                return ApplyResult(objs, "delta", sum(len(g) + len(c) for _, _, g, c in
+                                                      objs.element_changes), "netlink")
         if not full and self._applied is not None:
             script, mode = objs.delta_script(self._applied), "delta"
         if script is None:
@@ -187,6 +204,11 @@ class NftBackend:
             # Trust the memory next time only if ours was the one commit in between.
             self._applied_gen = after if gen is not None and after == gen + committed else None
         return ApplyResult(objs, mode, script.count("\n"))
+
+    def _elements(self) -> NetlinkElementWriter:
+        if self._writer is None:
+            self._writer = NetlinkElementWriter(self.netns_name)
+        return self._writer
 
     def _generation(self) -> int | None:
         try:
@@ -221,6 +243,13 @@ class NftBackend:
         have = self.live_text()
         return "".join(difflib.unified_diff(
             _normalised(have), _normalised(want), fromfile="live", tofile="apply"))
+
+
+def _faulty_changes(changes: list) -> list:
+    path = os.environ.get(FAULT_ENV)
+    if path and os.path.exists(path):
+        return changes + [("injected_fault_no_such_set", 4, ["192.0.2.1"], [])]
+    return changes
 
 
 def _faulty(script: str) -> str:

@@ -7,6 +7,7 @@ metrics collector decode.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 
@@ -36,6 +37,7 @@ def set_name(group: str, family: int) -> str:
     return f"g{family}_{_safe(group)}"
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def counter_name(key: CounterKey) -> str:
     ident = "\x1f".join([key.nic, key.direction, key.group or "", key.rule, key.policy])
     return "c_" + hashlib.sha1(ident.encode()).hexdigest()[:20]

@@ -82,6 +82,23 @@ class NetlinkError(OSError):
     """The kernel refused the dump, or it could not be completed."""
 
 
+def open_socket(netns_name: str | None, thread_name: str) -> socket.socket:
+    """A netfilter netlink socket in the named network namespace (``None``: this process's)."""
+    def make() -> socket.socket:
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        try:
+            s.bind((0, 0))
+            s.settimeout(TIMEOUT)
+        except BaseException:
+            s.close()
+            raise
+        return s
+    if netns_name is None:
+        return make()
+    with netns.NetnsExecutor(netns_name, thread_name=thread_name) as ex:
+        return ex.call(make)
+
+
 def _attr(atype: int, payload: bytes) -> bytes:
     length = _NLA.size + len(payload)
     return _NLA.pack(length, atype) + payload + b"\0" * ((-length) & 3)
@@ -177,20 +194,7 @@ class NetlinkCounterReader:
 
     def _socket(self) -> socket.socket:
         if self._sock is None:
-            def make() -> socket.socket:
-                s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-                try:
-                    s.bind((0, 0))
-                    s.settimeout(TIMEOUT)
-                except BaseException:
-                    s.close()
-                    raise
-                return s
-            if self.netns_name is None:
-                self._sock = make()
-            else:
-                with netns.NetnsExecutor(self.netns_name, thread_name="sgagent-nlcounters") as ex:
-                    self._sock = ex.call(make)
+            self._sock = open_socket(self.netns_name, "sgagent-nlcounters")
         return self._sock
 
     def close(self) -> None:

@@ -54,6 +54,9 @@ class Objects:
     exact: dict[str, dict[str, str]] = field(default_factory=dict)
     #        exact address map -> {address: verdict}, as loaded
     plans: dict[str, dict] = field(default_factory=dict)
+    element_changes: list | None = None
+    #        set by a membership change whose only difference from the objects it was built
+    #        from is set elements (see setrender.member_update, nft.elements)
     #        NIC chain -> {family: peerclass.Plan}: what the set rendering's address maps were
     #        built from, kept so that a membership change can touch only its pieces
 

@@ -266,20 +266,28 @@ def member_update(old: Objects, old_rs: Ruleset, rs: Ruleset) -> Objects | None:
     from ``old`` (what the kernel holds) by touching only the changed members: their element
     in the exact address map, the class chains of their new rows, the group's member set.
     Exactly what :func:`render` would give, without its cost; None where this cannot be done
-    alone (a class chain left unused holds a verdict map), and the caller renders it all."""
+    alone (a class chain left unused holds a verdict map), and the caller renders it all.
+    When only elements change (no class chain comes or goes), ``element_changes`` of the
+    result lists them, for :mod:`sgagent.nft.elements`."""
     before = {g.name: g for g in old_rs.groups}
     if set(before) != {g.name for g in rs.groups}:
         return None
     new = Objects(dict(old.counters), dict(old.sets), dict(old.chains), dict(old.refs),
                   dict(old.exact), dict(old.plans))
     changed: dict[str, GroupSet] = {}
+    changes: list = []   # what the kernel must be told, element by element (elements.Change)
     for g in rs.groups:
         o = before[g.name]
         if (o.v4, o.v6) != (g.v4, g.v6):
             changed[g.name] = g
-            new.sets[set_name(g.name, 4)] = member_set(g, 4)
-            new.sets[set_name(g.name, 6)] = member_set(g, 6)
+            for family in (4, 6):
+                name, s = set_name(g.name, family), member_set(g, family)
+                gone, come = old.sets[name].elements - s.elements, s.elements - old.sets[name].elements
+                if gone or come:
+                    new.sets[name] = s
+                    changes.append((name, family, sorted(gone), [(k, None) for k in sorted(come)]))
     unused: set[str] = set()
+    created = False
     for chain in rs.chains:
         r = ChainRenderer(chain, new)
         plans = old.plans.get(r.base)
@@ -297,6 +305,7 @@ def member_update(old: Objects, old_rs: Ruleset, rs: Ruleset) -> Objects | None:
             new.plans[r.base] = {**new.plans[r.base], family: after}
             name = r.map_names(family)[0]
             elements = dict(new.exact[name])
+            gone_keys, come_items = [], []
             for a in sorted(set().union(*(plan.members[g] ^ members[g] for g in touched))):
                 key = addr_range(a, a, family)
                 gone = elements.pop(key, None)
@@ -307,8 +316,15 @@ def member_update(old: Objects, old_rs: Ruleset, rs: Ruleset) -> Objects | None:
                 row = after.exact_row(a)
                 if row:
                     elements[key] = r.exact_value(after, a, row)
+                if gone != elements.get(key):
+                    if gone is not None:
+                        gone_keys.append(key)
+                    if key in elements:
+                        come_items.append((key, elements[key]))
             new.exact[name] = elements
             new.sets[name] = exact_setdef(family, elements)
+            changes.append((name, family, gone_keys, come_items))
+        created = created or bool(r.created)
     while unused:  # class chains nothing goes to any more, and what only they went to
         name = unused.pop()
         if new.refs.get(name, 0) > 0:
@@ -317,9 +333,12 @@ def member_update(old: Objects, old_rs: Ruleset, rs: Ruleset) -> Objects | None:
         new.refs.pop(name, None)
         if any(" vmap @" in rule for rule in rules):
             return None
+        created = True
         last = rules[-1].split()[1]
         if last.startswith("k_"):
             new.refs[last] -= 1
             unused.add(last)
+    if not created and len(new.chains) == len(old.chains) and len(new.sets) == len(old.sets):
+        new.element_changes = changes  # nothing but elements: no chain, set or rule changes
     return new
 

@@ -1,0 +1,148 @@
+"""Element updates straight over netlink, in one atomic batch.
+
+A membership change only adds and removes elements of sets and of the exact address maps
+(:func:`sgagent.nft.setrender.member_update`).  Through libnftables even a one-element
+transaction first loads its cache of the whole table -- about 0.1 s at 10,000 rules -- so such
+a change is sent here instead: one nftables batch of ``NFT_MSG_DELSETELEM`` and
+``NFT_MSG_NEWSETELEM`` messages, which the kernel commits atomically or not at all.  The batch
+carries the ruleset generation the caller last saw (``NFNL_BATCH_GENID``), so it is refused if
+anything else committed since.  Keys are IPv4/IPv6 addresses; values, where a map has them,
+are ``goto``/``jump`` verdicts to a chain.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+import threading
+import time
+
+from .netlink import (_I32, _NLMSG, NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NLM_F_REQUEST,
+                      NLMSG_ERROR, NetlinkError, _attr, open_socket)
+from .names import TABLE
+
+NFNL_MSG_BATCH_BEGIN = 0x10
+NFNL_MSG_BATCH_END = 0x11
+NFNL_BATCH_GENID = 1
+NFT_MSG_NEWSETELEM = 12
+NFT_MSG_DELSETELEM = 14
+NLM_F_ACK = 0x4
+NLM_F_CREATE = 0x400
+NLA_F_NESTED = 0x8000
+NFTA_SET_ELEM_LIST_TABLE = 1
+NFTA_SET_ELEM_LIST_SET = 2
+NFTA_SET_ELEM_LIST_ELEMENTS = 3
+NFTA_LIST_ELEM = 1
+NFTA_SET_ELEM_KEY = 1
+NFTA_SET_ELEM_DATA = 2
+NFTA_DATA_VALUE = 1
+NFTA_DATA_VERDICT = 2
+NFTA_VERDICT_CODE = 1
+NFTA_VERDICT_CHAIN = 2
+_VERDICTS = {"jump": -3, "goto": -4}
+_TABLE_Z = TABLE.encode() + b"\0"
+
+# (set name, address family, keys that go, (key, verdict or None) that come)
+Change = tuple[str, int, list[str], list[tuple[str, str | None]]]
+
+
+def encode_batch(changes: list[Change], seq: int, genid: int | None) -> tuple[bytes, list[int]]:
+    """The whole batch, and the sequence numbers of its element messages."""
+    begin_body = struct.pack("=BB", 0, 0) + struct.pack(">H", NFNL_SUBSYS_NFTABLES)
+    if genid is not None:
+        begin_body += _attr(NFNL_BATCH_GENID, struct.pack(">I", genid))
+    out = [_msg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, begin_body)]
+    seqs = []
+    for kind in (NFT_MSG_DELSETELEM, NFT_MSG_NEWSETELEM):
+        for name, family, gone, come in changes:
+            items = gone if kind == NFT_MSG_DELSETELEM else come
+            if not items:
+                continue
+            elems = b"".join(_element(family, i) if isinstance(i, str) else _element(family, *i)
+                             for i in items)
+            body = (struct.pack("=BBH", NFPROTO_INET, 0, 0)
+                    + _attr(NFTA_SET_ELEM_LIST_TABLE, _TABLE_Z)
+                    + _attr(NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0")
+                    + _attr(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, elems))
+            seq += 1
+            seqs.append(seq)
+            flags = NLM_F_REQUEST | NLM_F_ACK | (NLM_F_CREATE if kind == NFT_MSG_NEWSETELEM else 0)
+            out.append(_msg((NFNL_SUBSYS_NFTABLES << 8) | kind, flags, seq, body))
+    out.append(_msg(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 1, begin_body[:4]))
+    return b"".join(out), seqs
+
+
+def _msg(mtype: int, flags: int, seq: int, body: bytes) -> bytes:
+    return _NLMSG.pack(_NLMSG.size + len(body), mtype, flags, seq, 0) + body
+
+
+def _element(family: int, key: str, verdict: str | None = None) -> bytes:
+    addr = socket.inet_pton(socket.AF_INET if family == 4 else socket.AF_INET6, key)
+    inner = _attr(NFTA_SET_ELEM_KEY | NLA_F_NESTED, _attr(NFTA_DATA_VALUE, addr))
+    if verdict is not None:
+        kind, chain = verdict.split()
+        v = (_attr(NFTA_VERDICT_CODE, struct.pack(">i", _VERDICTS[kind]))
+             + _attr(NFTA_VERDICT_CHAIN, chain.encode() + b"\0"))
+        inner += _attr(NFTA_SET_ELEM_DATA | NLA_F_NESTED, _attr(NFTA_DATA_VERDICT | NLA_F_NESTED, v))
+    return _attr(NFTA_LIST_ELEM | NLA_F_NESTED, inner)
+
+
+class NetlinkElementWriter:
+    """Sends element batches to the nftables of a named network namespace (``None``: this
+    process's), on one socket kept open until :meth:`close`."""
+
+    def __init__(self, netns_name: str | None = None) -> None:
+        self.netns_name = netns_name
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._seq = 0
+        self.last_batch = (0, 0.0)  # bytes and seconds of the last batch sent (benchmarks)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+
+    def send(self, changes: list[Change], genid: int | None = None) -> None:
+        """Commit ``changes`` in one batch; NetlinkError (nothing changed) if the kernel refuses
+        any part, or if the ruleset generation is no longer ``genid``."""
+        with self._lock:
+            if self._sock is None:
+                self._sock = open_socket(self.netns_name, "sgagent-nlelements")
+            try:
+                self._send(changes, genid)
+            except NetlinkError:
+                raise
+            except OSError as exc:
+                self._sock.close()
+                self._sock = None
+                raise NetlinkError(exc.errno or errno.EIO, f"element update: {exc}") from exc
+
+    def _send(self, changes: list[Change], genid: int | None) -> None:
+        batch, seqs = encode_batch(changes, self._seq + 1, genid)
+        self._seq += len(seqs) + 2
+        if not seqs:
+            return
+        sock = self._sock
+        t0 = time.perf_counter()
+        sock.send(batch)
+        waiting = set(seqs)
+        first, last = seqs[0] - 1, seqs[-1] + 1
+        buf = bytearray(1 << 16)
+        while waiting:
+            n = sock.recv_into(buf)
+            off = 0
+            while off + 16 <= n:
+                mlen, mtype, _, mseq, _ = _NLMSG.unpack_from(buf, off)
+                if mlen < 16:
+                    break
+                if mtype == NLMSG_ERROR and first <= mseq <= last:
+                    err = _I32.unpack_from(buf, off + 16)[0]
+                    if err:
+                        raise NetlinkError(-err, f"element update refused: {os.strerror(-err)}")
+                    waiting.discard(mseq)
+                off += (mlen + 3) & ~3
+        self.last_batch = (len(batch), time.perf_counter() - t0)
