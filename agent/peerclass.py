@@ -27,6 +27,7 @@ TCP, UDP = 6, 17
 ICMP = {4: 1, 6: 58}
 ADDR_MAX = {4: 2**32 - 1, 6: 2**128 - 1}
 PROTO_NUMBERS = {"tcp": TCP, "udp": UDP, "gre": 47, "icmp": 1, "icmpv6": 58}
+GROUP_LOOKUPS_MAX = 8  # groups as peers in one chain and family, each a member-set lookup
 
 Piece = tuple[int, int, Painted]
 
@@ -101,13 +102,29 @@ class Plan:
                 out[a] = row
         return out
 
+    @property
+    def group_lookups(self) -> bool:
+        """Whether members that are in one group and in no segment are found by a lookup in
+        their group's member set (after the exact one) instead of the exact map: then adding
+        or removing such a member changes only the member set, whose elements are plain
+        addresses (elements jumping to chains make the kernel check the whole table's chain
+        graph for loops, which takes milliseconds in a large table).  Used while the groups
+        are few, as each costs a packet one lookup."""
+        return len(self.group_items) <= GROUP_LOOKUPS_MAX
+
     def exact_row(self, a: int) -> Painted:
         """The row of ``a`` if it is looked up exactly (else ``()``)."""
         seg = self.segment_at(a)
         groups = self.groups_of(a)
         if not groups and not (seg and seg[0] == seg[1]):
             return ()
+        if seg is None and len(groups) == 1 and self.group_lookups:
+            return ()  # found in its group's member set
         return self.point_row(seg[2] if seg else (), groups)
+
+    def group_row(self, group: str) -> Painted:
+        """The row of a member found in its group's member set: the group's rules alone."""
+        return self.point_row((), (group,))
 
     def intervals(self) -> list[Piece]:
         """Addresses looked up by interval, after the exact lookup missed: the segments of more
@@ -138,8 +155,16 @@ class Plan:
         return ()
 
     def lookup(self, a: int) -> Painted:
-        """The row a renderer of the plan finds for ``a``: exactly, else by interval."""
-        return self.exact_row(a) or self.interval_row(a)
+        """The row a renderer of the plan finds for ``a``: exactly, else in the member set of
+        each group in turn, else by interval."""
+        row = self.exact_row(a)
+        if row:
+            return row
+        if self.group_lookups:
+            for g, ms in self.members.items():
+                if a in ms:
+                    return self.group_row(g)
+        return self.interval_row(a)
 
     def with_members(self, members: dict[str, frozenset[int]]) -> "Plan":
         """The same plan with other members (rules unchanged); the row cache is shared."""

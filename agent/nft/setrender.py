@@ -3,16 +3,20 @@
 The chain's decisions are planned per family into peer pieces and rows
 (:mod:`sgagent.peerclass`).  The NIC's chain looks the peer address up exactly in a hash map
 (``ip saddr vmap @h4_in_eth0``: single addresses and group members), then in an interval map
-(``@a4_in_eth0``: networks and ranges); each element jumps (``goto``) to its row's *class
-chain*, named after its content, so pieces with the same row share it.  A class chain decides
-by protocol and port or ICMP type:
+(``@a4_in_eth0``: networks and ranges).  A member that is in one group and inside no network
+is found in its group's member set instead (``ip saddr @g4_G goto ...``, while the groups are
+few), so that adding or removing it is a plain set element update.  Each element jumps
+(``goto``) to its row's *class chain*, named after its content, so pieces with the same row
+share it.  A class chain decides by protocol and port or ICMP type:
 
-- per protocol kind (tcp, udp, the family's ICMP, any other protocol), one rule per deciding
-  decision with an anonymous set of its ports, types or protocols, counting on the decision's
-  named counter and giving its verdict, as long as the kind has few deciding decisions;
+- per protocol kind (tcp, udp, the family's ICMP, any other protocol), one comparison per
+  piece of the row (a port, a range, a type), counting on the deciding decision's named
+  counter and giving its verdict, as long as the kind has few pieces;
 - otherwise one verdict-map lookup for the kind, whose elements jump to the decision's small
   counting chain (``d_...``).
 
+A single address's class chain holds only where its row differs from the row the interval
+lookup gives (``overlay``), then goes to that row's chain.
 Then the class chain ends with the chain's tail (inner access and the default), as does the
 NIC's chain for addresses in no piece.  Accept is ``return``: it ends the NIC's chain and hands
 back to the base chain, so forwarded packets are still judged on their way out.
@@ -173,6 +177,11 @@ class ChainRenderer:
             self.objs.sets[exact] = self.exact_map(plan)
             self.objs.sets[interval] = self.interval_map(plan)
             rules.append(f"{_IP[family]} {self.addr} vmap @{exact}")
+            if plan.group_lookups:
+                for g in plan.group_items:
+                    name = self.class_chain(family, plan.group_row(g))
+                    self.objs.refs[name] = self.objs.refs.get(name, 0) + 1
+                    rules.append(f"{_IP[family]} {self.addr} @{set_name(g, family)} goto {name}")
             rules.append(f"{_IP[family]} {self.addr} vmap @{interval}")
         return rules
 
