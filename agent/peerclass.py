@@ -28,6 +28,7 @@ ICMP = {4: 1, 6: 58}
 ADDR_MAX = {4: 2**32 - 1, 6: 2**128 - 1}
 PROTO_NUMBERS = {"tcp": TCP, "udp": UDP, "gre": 47, "icmp": 1, "icmpv6": 58}
 GROUP_LOOKUPS_MAX = 8  # groups as peers in one chain and family, each a member-set lookup
+WIDE = {4: 2**16, 6: 2**64}  # addresses a row of the interval lookup covers to count as wide
 
 Piece = tuple[int, int, Painted]
 
@@ -42,6 +43,7 @@ class Plan:
     _starts: list[int] = field(default_factory=list, repr=False)
     _rows: dict[tuple, Painted] = field(default_factory=dict, repr=False)
     _intervals: list[Piece] | None = field(default=None, repr=False)
+    _wide: frozenset | None = field(default=None, repr=False)
     _interval_starts: list[int] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
@@ -104,13 +106,23 @@ class Plan:
 
     @property
     def group_lookups(self) -> bool:
-        """Whether members that are in one group and in no segment are found by a lookup in
-        their group's member set (after the exact one) instead of the exact map: then adding
-        or removing such a member changes only the member set, whose elements are plain
-        addresses (elements jumping to chains make the kernel check the whole table's chain
-        graph for loops, which takes milliseconds in a large table).  Used while the groups
-        are few, as each costs a packet one lookup."""
+        """Whether a member of one group that is no single address of a rule, and lies in no
+        network or in a *wide* row (:meth:`wide_rows`), is found through its group's member
+        set instead of the exact map: then adding or removing it changes only the member set,
+        whose elements are plain addresses (elements jumping to chains make the kernel check
+        the whole table's chain graph for loops at commit: milliseconds in a large table).  Used
+        while the groups are few, as each costs such a packet one set lookup."""
         return len(self.group_items) <= GROUP_LOOKUPS_MAX
+
+    def wide_rows(self) -> frozenset:
+        """Rows of the interval lookup that cover many addresses (0.0.0.0/0, 10.0.0.0/8...):
+        their class chains check the member sets first.  Members do not change them."""
+        if self._wide is None:
+            total: dict[Painted, int] = {}
+            for lo, hi, row in self.intervals():
+                total[row] = total.get(row, 0) + hi - lo + 1
+            self._wide = frozenset(r for r, n in total.items() if n >= WIDE[self.family])
+        return self._wide
 
     def exact_row(self, a: int) -> Painted:
         """The row of ``a`` if it is looked up exactly (else ``()``)."""
@@ -118,13 +130,10 @@ class Plan:
         groups = self.groups_of(a)
         if not groups and not (seg and seg[0] == seg[1]):
             return ()
-        if seg is None and len(groups) == 1 and self.group_lookups:
-            return ()  # found in its group's member set
+        if len(groups) == 1 and self.group_lookups and (
+                seg is None or seg[0] != seg[1] and self.interval_row(a) in self.wide_rows()):
+            return ()  # found through its group's member set
         return self.point_row(seg[2] if seg else (), groups)
-
-    def group_row(self, group: str) -> Painted:
-        """The row of a member found in its group's member set: the group's rules alone."""
-        return self.point_row((), (group,))
 
     def intervals(self) -> list[Piece]:
         """Addresses looked up by interval, after the exact lookup missed: the segments of more
@@ -155,22 +164,26 @@ class Plan:
         return ()
 
     def lookup(self, a: int) -> Painted:
-        """The row a renderer of the plan finds for ``a``: exactly, else in the member set of
-        each group in turn, else by interval."""
+        """The row a renderer of the plan finds for ``a``: exactly; else by interval, where a
+        wide row's chain first checks the member sets; else in the member sets."""
         row = self.exact_row(a)
         if row:
+            return row
+        row = self.interval_row(a)
+        if row and row not in self.wide_rows():
             return row
         if self.group_lookups:
             for g, ms in self.members.items():
                 if a in ms:
-                    return self.group_row(g)
-        return self.interval_row(a)
+                    return self.point_row(row, (g,))
+        return row
 
     def with_members(self, members: dict[str, frozenset[int]]) -> "Plan":
         """The same plan with other members (rules unchanged); the row cache is shared."""
         p = Plan(self.family, self.segments, self.group_items, members)
         p._starts, p._rows = self._starts, self._rows
         p._intervals, p._interval_starts = self._intervals, self._interval_starts
+        p._wide = self._wide
         return p
 
 

@@ -3,9 +3,11 @@
 The chain's decisions are planned per family into peer pieces and rows
 (:mod:`sgagent.peerclass`).  The NIC's chain looks the peer address up exactly in a hash map
 (``ip saddr vmap @h4_in_eth0``: single addresses and group members), then in an interval map
-(``@a4_in_eth0``: networks and ranges).  A member that is in one group and inside no network
-is found in its group's member set instead (``ip saddr @g4_G goto ...``, while the groups are
-few), so that adding or removing it is a plain set element update.  Each element jumps
+(``@a4_in_eth0``: networks and ranges).  A member of one group that is inside no network, or
+inside a wide one (0.0.0.0/0, a /8...), is found through its group's member set instead: the
+class chain of a wide row, or the NIC's chain after both lookups, checks ``ip saddr @g4_G``
+(while the groups are few), so that adding or removing such a member is a plain set element
+update.  Each element jumps
 (``goto``) to its row's *class chain*, named after its content, so pieces with the same row
 share it.  A class chain decides by protocol and port or ICMP type:
 
@@ -80,13 +82,38 @@ class ChainRenderer:
 
     def interval_map(self, plan: Plan) -> SetDef:
         values = []
+        checked = plan.wide_rows() if plan.group_lookups and plan.group_items else frozenset()
         for lo, hi, row in plan.intervals():
-            name = self.class_chain(plan.family, row)
+            name = self.checking_chain(plan, row) if row in checked else \
+                self.class_chain(plan.family, row)
             self.objs.refs[name] = self.objs.refs.get(name, 0) + 1
             values.append((addr_range(lo, hi, plan.family), f"goto {name}"))
         values.sort()
         return SetDef(_ADDR_TYPE[plan.family], frozenset(k for k, _ in values), tuple(values),
                       interval=True)
+
+    def checking_chain(self, plan: Plan, row: Painted) -> str:
+        """The chain of a wide row: a member of one group found in the group's member set goes
+        to the chain of the row painted with the group's rules; any other address to the row's
+        own chain."""
+        key = ("checking", plan.family, row)
+        name = self._names.get(key)
+        if name is not None:
+            return name
+        ip = _IP[plan.family]
+        rules = [f"{ip} {self.addr} @{set_name(g, plan.family)} goto "
+                 f"{self.class_chain(plan.family, plan.point_row(row, (g,)), row)}"
+                 for g in plan.group_items]
+        rules.append(f"goto {self.class_chain(plan.family, row)}")
+        name = "k_" + _digest(plan.family, self.base, *rules)
+        if name not in self.objs.chains:
+            self.objs.chains[name] = (None, tuple(rules))
+            self.created.append(name)
+            for r in rules:
+                target = r.rsplit(" ", 1)[1]
+                self.objs.refs[target] = self.objs.refs.get(target, 0) + 1
+        self._names[key] = name
+        return name
 
     def class_chain(self, family: int, row: Painted, base: Painted = ()) -> str:
         """The chain deciding ``row``; with ``base``, only where the row differs from it, then
@@ -177,12 +204,12 @@ class ChainRenderer:
             self.objs.sets[exact] = self.exact_map(plan)
             self.objs.sets[interval] = self.interval_map(plan)
             rules.append(f"{_IP[family]} {self.addr} vmap @{exact}")
-            if plan.group_lookups:
+            rules.append(f"{_IP[family]} {self.addr} vmap @{interval}")
+            if plan.group_lookups:  # members in no network, found in their group's set
                 for g in plan.group_items:
-                    name = self.class_chain(family, plan.group_row(g))
+                    name = self.class_chain(family, plan.point_row((), (g,)))
                     self.objs.refs[name] = self.objs.refs.get(name, 0) + 1
                     rules.append(f"{_IP[family]} {self.addr} @{set_name(g, family)} goto {name}")
-            rules.append(f"{_IP[family]} {self.addr} vmap @{interval}")
         return rules
 
 

@@ -24,7 +24,8 @@ DOC = {
             {"id": "db-from-app", "direction": "inbound", "protocol": "tcp", "ports": 3306,
              "source": {"group": "sg-app"}},
             {"id": "web", "direction": "inbound", "protocol": "tcp", "ports": 80,
-             "source": "10.1.0.0/16"},
+             "source": "10.1.0.0/24"},
+            {"id": "ssh", "direction": "inbound", "service": "ssh", "source": "10.0.0.0/8"},
         ]},
         "sg-app": {"members": ["10.1.0.30", "10.2.0.40"]},
     },
@@ -42,6 +43,7 @@ def sandbox(root):
     with Sandbox([("eth0", "vpc")], prefix=f"sgm{secrets.token_hex(3)}") as sb:
         sb.ensure_tcp_listener("host", 3306)
         sb.ensure_tcp_listener("host", 80)
+        sb.ensure_tcp_listener("host", 22)
         with NftBackend(sb.host_ns) as be:
             be.apply(compile_document(parse_data(DOC)))
             yield sb, be
@@ -53,27 +55,32 @@ def db(peer: str) -> Probe:
 
 def test_members_change_over_netlink_and_are_enforced(sandbox):
     sb, be = sandbox
-    # 10.2.0.41 joins outside any network (its class exists: 10.2.0.40's), 10.1.0.31 inside
-    # 10.1.0.0/16 (its class exists too: 10.1.0.30's), 10.2.0.40 leaves.
+    # 10.1.0.31 joins inside 10.1.0.0/24 (a narrow network: the exact map, whose row exists:
+    # 10.1.0.30's), 10.2.0.41 inside 10.0.0.0/8 only (a wide one: found through the member
+    # set), 10.2.0.40 leaves.
     doc = with_members("10.1.0.30", "10.1.0.31", "10.2.0.41")
     result = be.apply(compile_document(parse_data(doc)))
     assert (result.mode, result.channel) == ("delta", "netlink")
-    # the member set: 2 in, 1 out; the exact map: 10.1.0.31 only (inside 10.1.0.0/16); the
-    # other two are in no network and in one group: found in the member set alone
-    assert result.commands == 4
+    assert result.commands == 4  # the member set: 2 in, 1 out; the exact map: 1 in
     exact = result.objects.exact["h4_in_eth0"]
     assert "10.1.0.31" in exact and "10.2.0.41" not in exact and "10.2.0.40" not in exact
     assert sb.probe_many([db("10.1.0.31"), db("10.2.0.41"), db("10.2.0.40"), db("10.1.0.32")]) \
         == [Outcome.OPEN, Outcome.OPEN, Outcome.DROPPED, Outcome.DROPPED]
+    # and the networks' own rules still hold for them
+    assert sb.probe_many([Probe("eth0", "inbound", "10.1.0.31", "tcp", 80),
+                          Probe("eth0", "inbound", "10.2.0.41", "tcp", 22),
+                          Probe("eth0", "inbound", "10.2.0.41", "tcp", 80)]) \
+        == [Outcome.OPEN, Outcome.OPEN, Outcome.DROPPED]
     assert be.diff(compile_document(parse_data(doc))) == ""
 
 
 def test_a_new_class_goes_through_libnftables(sandbox):
     sb, be = sandbox
-    # alone in its class: 10.3.0.0/16 holds no member yet, a new class chain is needed
+    # alone in its class: 10.3.0.0/24 (narrow) holds no member yet, a new class chain is needed
     doc = with_members("10.1.0.30", "10.2.0.40", "10.1.0.99")
     doc["security_groups"]["sg-a"]["rules"].append(
-        {"id": "ssh", "direction": "inbound", "service": "ssh", "source": "10.3.0.0/16"})
+        {"id": "alt-ssh", "direction": "inbound", "protocol": "tcp", "ports": 2222,
+         "source": "10.3.0.0/24"})
     be.apply(compile_document(parse_data(doc)))
     doc["security_groups"]["sg-app"]["members"].append("10.3.0.5")
     result = be.apply(compile_document(parse_data(doc)))
