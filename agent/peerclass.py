@@ -47,7 +47,8 @@ class Plan:
     _interval_starts: list[int] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
-        self._starts = [s[0] for s in self.segments]
+        if not self._starts:
+            self._starts = [s[0] for s in self.segments]
 
     # -- lookups --------------------------------------------------------------------------
     def segment_at(self, a: int) -> Piece | None:
@@ -180,11 +181,8 @@ class Plan:
 
     def with_members(self, members: dict[str, frozenset[int]]) -> "Plan":
         """The same plan with other members (rules unchanged); the row cache is shared."""
-        p = Plan(self.family, self.segments, self.group_items, members)
-        p._starts, p._rows = self._starts, self._rows
-        p._intervals, p._interval_starts = self._intervals, self._interval_starts
-        p._wide = self._wide
-        return p
+        return Plan(self.family, self.segments, self.group_items, members, self._starts,
+                    self._rows, self._intervals, self._wide, self._interval_starts)
 
 
 def plan_chain(chain: Chain, groups: dict[str, GroupSet]) -> dict[int, Plan]:

@@ -340,23 +340,30 @@ def member_update(old: Objects, old_rs: Ruleset, rs: Ruleset) -> Objects | None:
             after = plan.with_members(members)
             new.plans[r.base] = {**new.plans[r.base], family: after}
             name = r.map_names(family)[0]
-            elements = dict(new.exact[name])
+            elements = new.exact[name]
             gone_keys, come_items = [], []
             for a in sorted(set().union(*(plan.members[g] ^ members[g] for g in touched))):
                 key = addr_range(a, a, family)
-                gone = elements.pop(key, None)
-                if gone is not None:
-                    target = gone.split()[1]
-                    new.refs[target] -= 1
-                    unused.add(target)
+                gone = elements.get(key)
                 row = after.exact_row(a)
-                if row:
-                    elements[key] = r.exact_value(after, a, row)
-                if gone != elements.get(key):
-                    if gone is not None:
-                        gone_keys.append(key)
-                    if key in elements:
-                        come_items.append((key, elements[key]))
+                target = r.class_chain(family, row, after.interval_row(a)) if row else None
+                come = f"goto {target}" if target else None
+                if come == gone:
+                    continue
+                if not gone_keys and not come_items:
+                    elements = dict(elements)  # copied on the first change only
+                if gone is not None:
+                    del elements[key]
+                    was = gone.split()[1]
+                    new.refs[was] -= 1
+                    unused.add(was)
+                    gone_keys.append(key)
+                if come is not None:
+                    elements[key] = come
+                    new.refs[target] = new.refs.get(target, 0) + 1
+                    come_items.append((key, come))
+            if not gone_keys and not come_items:
+                continue
             new.exact[name] = elements
             new.sets[name] = exact_setdef(family, elements)
             changes.append((name, family, gone_keys, come_items))
