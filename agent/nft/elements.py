@@ -16,11 +16,10 @@ import errno
 import os
 import socket
 import struct
-import threading
 import time
 
 from .netlink import (_I32, _NLMSG, NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NLM_F_REQUEST,
-                      NLMSG_ERROR, NetlinkError, _attr, open_socket)
+                      NLMSG_ERROR, NetfilterSocket, NetlinkError, _attr, messages)
 from .names import TABLE
 
 NFNL_MSG_BATCH_BEGIN = 0x10
@@ -89,36 +88,26 @@ def _element(family: int, key: str, verdict: str | None = None) -> bytes:
     return _attr(NFTA_LIST_ELEM | NLA_F_NESTED, inner)
 
 
-class NetlinkElementWriter:
+class NetlinkElementWriter(NetfilterSocket):
     """Sends element batches to the nftables of a named network namespace (``None``: this
     process's), on one socket kept open until :meth:`close`."""
 
-    def __init__(self, netns_name: str | None = None) -> None:
-        self.netns_name = netns_name
-        self._lock = threading.Lock()
-        self._sock: socket.socket | None = None
-        self._seq = 0
-        self.last_batch = (0, 0.0)  # bytes and seconds of the last batch sent (benchmarks)
+    thread_name = "sgagent-nlelements"
 
-    def close(self) -> None:
-        with self._lock:
-            if self._sock is not None:
-                self._sock.close()
-                self._sock = None
+    def __init__(self, netns_name: str | None = None) -> None:
+        super().__init__(netns_name)
+        self.last_batch = (0, 0.0)  # bytes and seconds of the last batch sent (benchmarks)
 
     def send(self, changes: list[Change], genid: int | None = None) -> None:
         """Commit ``changes`` in one batch; NetlinkError (nothing changed) if the kernel refuses
         any part, or if the ruleset generation is no longer ``genid``."""
         with self._lock:
-            if self._sock is None:
-                self._sock = open_socket(self.netns_name, "sgagent-nlelements")
             try:
                 self._send(changes, genid)
             except NetlinkError:
                 raise
             except OSError as exc:
-                self._sock.close()
-                self._sock = None
+                self._drop_socket()
                 raise NetlinkError(exc.errno or errno.EIO, f"element update: {exc}") from exc
 
     def _send(self, changes: list[Change], genid: int | None) -> None:
@@ -126,7 +115,7 @@ class NetlinkElementWriter:
         self._seq += len(seqs) + 2
         if not seqs:
             return
-        sock = self._sock
+        sock = self._socket()
         t0 = time.perf_counter()
         sock.send(batch)
         waiting = set(seqs)
@@ -134,15 +123,10 @@ class NetlinkElementWriter:
         buf = bytearray(1 << 16)
         while waiting:
             n = sock.recv_into(buf)
-            off = 0
-            while off + 16 <= n:
-                mlen, mtype, _, mseq, _ = _NLMSG.unpack_from(buf, off)
-                if mlen < 16:
-                    break
+            for off, _, mtype, mseq in messages(buf, n):
                 if mtype == NLMSG_ERROR and first <= mseq <= last:
                     err = _I32.unpack_from(buf, off + 16)[0]
                     if err:
                         raise NetlinkError(-err, f"element update refused: {os.strerror(-err)}")
                     waiting.discard(mseq)
-                off += (mlen + 3) & ~3
         self.last_batch = (len(batch), time.perf_counter() - t0)

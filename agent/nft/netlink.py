@@ -99,6 +99,44 @@ def open_socket(netns_name: str | None, thread_name: str) -> socket.socket:
         return ex.call(make)
 
 
+def messages(buf, n: int):
+    """(offset, length, type, sequence number) of each netlink message in ``buf[:n]``."""
+    off = 0
+    while off + 16 <= n:
+        mlen, mtype, _, mseq, _ = _NLMSG.unpack_from(buf, off)
+        if mlen < 16:
+            return
+        yield off, mlen, mtype, mseq
+        off += (mlen + 3) & ~3
+
+
+class NetfilterSocket:
+    """One netfilter netlink socket in a named network namespace (``None``: this process's),
+    opened on first use, dropped after an error, used by one caller at a time."""
+
+    thread_name = "sgagent-netlink"
+
+    def __init__(self, netns_name: str | None = None) -> None:
+        self.netns_name = netns_name
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._seq = 0
+
+    def _socket(self) -> socket.socket:
+        if self._sock is None:
+            self._sock = open_socket(self.netns_name, self.thread_name)
+        return self._sock
+
+    def _drop_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop_socket()
+
+
 def _attr(atype: int, payload: bytes) -> bytes:
     length = _NLA.size + len(payload)
     return _NLA.pack(length, atype) + payload + b"\0" * ((-length) & 3)
@@ -175,33 +213,21 @@ def _slow(buf, start: int, end: int) -> list[tuple[bytes | None, int, int]]:
     return out
 
 
-class NetlinkCounterReader:
+class NetlinkCounterReader(NetfilterSocket):
     """``reader()`` -> every sgagent counter with its identity (what ``NftBackend.counters()`` returns).
 
     ``netns_name``: read the table of that named network namespace (``None``: this process's).
     Thread-safe (one dump at a time); keeps one netlink socket open until :meth:`close`.
     """
 
+    thread_name = "sgagent-nlcounters"
+
     def __init__(self, netns_name: str | None = None) -> None:
-        self.netns_name = netns_name
-        self._lock = threading.Lock()
-        self._sock: socket.socket | None = None
-        self._seq = 0
+        super().__init__(netns_name)
         self._keys: dict[bytes, CounterKey | None] = {}   # comment -> identity
         self._verified_gen: int | None = None      # generation of the last good read
         self._verified_keys: list[CounterKey] = []   # and its counters, in kernel order
         self._buf = bytearray(RECV_BUFFER)
-
-    def _socket(self) -> socket.socket:
-        if self._sock is None:
-            self._sock = open_socket(self.netns_name, "sgagent-nlcounters")
-        return self._sock
-
-    def close(self) -> None:
-        with self._lock:
-            if self._sock is not None:
-                self._sock.close()
-                self._sock = None
 
     def __enter__(self) -> "NetlinkCounterReader":
         return self
@@ -268,11 +294,6 @@ class NetlinkCounterReader:
                     raise
                 raise NetlinkError(exc.errno or errno.EIO, f"ruleset generation: {exc}") from exc
 
-    def _drop_socket(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
     def _genid(self) -> int:
         """The ruleset generation (NFT_MSG_GETGEN): it changes with every commit."""
         sock = self._socket()
@@ -283,27 +304,23 @@ class NetlinkCounterReader:
         buf = self._buf
         for _ in range(64):
             n = sock.recv_into(buf)
-            off = 0
-            while off + 16 <= n:
-                mlen, mtype, _, mseq, _ = _NLMSG.unpack_from(buf, off)
-                if mlen < 16:
-                    break
-                if mseq == seq:
-                    if mtype == NLMSG_ERROR:
-                        err = _I32.unpack_from(buf, off + 16)[0]
-                        raise NetlinkError(-err or errno.EPROTO,
-                                           f"ruleset generation: {os.strerror(-err or errno.EPROTO)}")
-                    if mtype == _NEWGEN:
-                        a, end = off + 20, off + mlen
-                        while a + 4 <= end:
-                            alen, atype = _NLA.unpack_from(buf, a)
-                            if alen < 4:
-                                break
-                            if atype & NLA_TYPE_MASK == NFTA_GEN_ID and alen >= 8:
-                                return struct.unpack_from(">I", buf, a + 4)[0]
-                            a += (alen + 3) & ~3
-                        raise NetlinkError(errno.EPROTO, "ruleset generation: no id in the reply")
-                off += (mlen + 3) & ~3
+            for off, mlen, mtype, mseq in messages(buf, n):
+                if mseq != seq:
+                    continue
+                if mtype == NLMSG_ERROR:
+                    err = _I32.unpack_from(buf, off + 16)[0]
+                    raise NetlinkError(-err or errno.EPROTO,
+                                       f"ruleset generation: {os.strerror(-err or errno.EPROTO)}")
+                if mtype == _NEWGEN:
+                    a, end = off + 20, off + mlen
+                    while a + 4 <= end:
+                        alen, atype = _NLA.unpack_from(buf, a)
+                        if alen < 4:
+                            break
+                        if atype & NLA_TYPE_MASK == NFTA_GEN_ID and alen >= 8:
+                            return struct.unpack_from(">I", buf, a + 4)[0]
+                        a += (alen + 3) & ~3
+                    raise NetlinkError(errno.EPROTO, "ruleset generation: no id in the reply")
         raise NetlinkError(errno.EPROTO, "ruleset generation: no reply")
 
     def _dump(self) -> list[tuple[bytes, CounterKey, int, int]] | None:
