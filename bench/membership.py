@@ -107,7 +107,7 @@ def run(sizes: list[int] | None = None, refs: int = 1000, changes: int = 10, see
                         kernel_bytes, kernel_s = be._writer.last_batch
                     st["samples"].append({
                         "apply_s": t2 - t1, "parse_compile_s": t1 - t0,
-                        "libnftables_s": kernel_s, "script_bytes": kernel_bytes,
+                        "transaction_s": kernel_s, "script_bytes": kernel_bytes,
                         "commands": res.commands, "mode": f"{res.mode} ({res.channel})"})
             # One more change at the largest size, under cProfile: where an apply's time goes.
             st = state[sizes[-1]]
@@ -138,7 +138,7 @@ def run(sizes: list[int] | None = None, refs: int = 1000, changes: int = 10, see
             "apply_ms": common.rnd(1000 * med([x["apply_s"] for x in s]), 2),
             "apply_p90_ms": common.rnd(1000 * common.percentile([x["apply_s"] for x in s], 0.9), 2),
             "apply_max_ms": common.rnd(1000 * max(x["apply_s"] for x in s), 2),
-            "libnftables_ms": common.rnd(1000 * med([x["libnftables_s"] for x in s]), 2),
+            "transaction_ms": common.rnd(1000 * med([x["transaction_s"] for x in s]), 2),
             "parse_compile_ms": common.rnd(1000 * med([x["parse_compile_s"] for x in s]), 1),
             "commands": med([x["commands"] for x in s]),
             "script_bytes": med([x["script_bytes"] for x in s]),
@@ -172,7 +172,7 @@ def markdown(res: dict[str, Any]) -> str:
     for r in res["sizes"]:
         lines.append(
             f"| {r['rules']:,} | {r['group_references']:,} | {r['apply_ms']:.1f} ms "
-            f"({r['apply_p90_ms']:.1f} ms) | {r['libnftables_ms']:.1f} ms "
+            f"({r['apply_p90_ms']:.1f} ms) | {r['transaction_ms']:.1f} ms "
             f"| {r['commands']:,.0f} elements/lines, {r['script_bytes']:,.0f} B | {', '.join(r['modes'])} "
             f"| {r['parse_compile_ms']:,.0f} ms |")
     return "\n".join(lines) + "\n"

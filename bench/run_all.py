@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run every benchmark, one after the other, and write bench/results/SUMMARY.md.
 
-    sudo .venv/bin/python bench/run_all.py            # the full run (about 6-10 minutes)
+    sudo .venv/bin/python bench/run_all.py            # the full run (about 12 minutes)
     sudo .venv/bin/python bench/run_all.py --quick    # tiny sizes, a smoke run (seconds)
     .venv/bin/python bench/run_all.py --summary-only  # rebuild SUMMARY.md from the JSON files
 

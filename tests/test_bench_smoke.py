@@ -103,7 +103,7 @@ def test_summary_from_results(tmp_path):
         "machine": {"cpus": 2, "code": {}},
         "params": {"sizes": [100], "refs": 1000, "changes": 1, "seed": 1, "group": "sg-peer-0"},
         "sizes": [{"rules": 100, "group_references": 99, "apply_ms": 5.0, "apply_p90_ms": 6.0,
-                   "libnftables_ms": 1.0, "commands": 1, "script_bytes": 50, "modes": ["delta"],
+                   "transaction_ms": 1.0, "commands": 1, "script_bytes": 50, "modes": ["delta"],
                    "parse_compile_ms": 10.0}]}))
     assert run_all.main(["--summary-only", "--out-dir", str(tmp_path)]) == 0
     text = (tmp_path / "SUMMARY.md").read_text()

@@ -60,6 +60,10 @@ class Objects:
     #        NIC chain -> {family: peerclass.Plan}: what the set rendering's address maps were
     #        built from, kept so that a membership change can touch only its pieces
 
+    def ref(self, chain: str, n: int = 1) -> None:
+        """Count ``n`` more references to a class chain (negative: fewer)."""
+        self.refs[chain] = self.refs.get(chain, 0) + n
+
     def text(self) -> str:
         """The whole table in nft's block syntax: what ``sgagent compile`` prints."""
         lines = [f"table {REF} {{"]

@@ -66,17 +66,18 @@ class ChainRenderer:
         """The exact (hash) and the interval address map of this chain and family."""
         return f"h{family}_{self.base}", f"a{family}_{self.base}"
 
-    def exact_value(self, plan: Plan, a: int, row: Painted) -> str:
-        """The element of a single address: its class chain decides where its row differs from
-        what the interval lookup would give it, then goes to that (so a class chain holds only
-        what is particular to the address)."""
-        name = self.class_chain(plan.family, row, plan.interval_row(a))
-        self.objs.refs[name] = self.objs.refs.get(name, 0) + 1
-        return f"goto {name}"
+    def exact_chain(self, plan: Plan, a: int, row: Painted) -> str:
+        """The class chain of a single address: it decides where the address's row differs
+        from what the interval lookup would give it, then goes to that (so it holds only what
+        is particular to the address)."""
+        return self.class_chain(plan.family, row, plan.interval_row(a))
 
     def exact_map(self, plan: Plan) -> SetDef:
-        elements = {addr_range(a, a, plan.family): self.exact_value(plan, a, row)
-                    for a, row in plan.exact().items()}
+        elements = {}
+        for a, row in plan.exact().items():
+            name = self.exact_chain(plan, a, row)
+            self.objs.ref(name)
+            elements[addr_range(a, a, plan.family)] = f"goto {name}"
         self.objs.exact[self.map_names(plan.family)[0]] = elements
         return exact_setdef(plan.family, elements)
 
@@ -86,7 +87,7 @@ class ChainRenderer:
         for lo, hi, row in plan.intervals():
             name = self.checking_chain(plan, row) if row in checked else \
                 self.class_chain(plan.family, row)
-            self.objs.refs[name] = self.objs.refs.get(name, 0) + 1
+            self.objs.ref(name)
             values.append((addr_range(lo, hi, plan.family), f"goto {name}"))
         values.sort()
         return SetDef(_ADDR_TYPE[plan.family], frozenset(k for k, _ in values), tuple(values),
@@ -111,7 +112,7 @@ class ChainRenderer:
             self.created.append(name)
             for r in rules:
                 target = r.rsplit(" ", 1)[1]
-                self.objs.refs[target] = self.objs.refs.get(target, 0) + 1
+                self.objs.ref(target)
         self._names[key] = name
         return name
 
@@ -137,7 +138,7 @@ class ChainRenderer:
             self.objs.chains[name] = (None, tuple(rules))
             self.created.append(name)
             if base:
-                self.objs.refs[after] = self.objs.refs.get(after, 0) + 1
+                self.objs.ref(after)
         self._names[key] = name
         return name
 
@@ -208,7 +209,7 @@ class ChainRenderer:
             if plan.group_lookups:  # members in no network, found in their group's set
                 for g in plan.group_items:
                     name = self.class_chain(family, plan.point_row((), (g,)))
-                    self.objs.refs[name] = self.objs.refs.get(name, 0) + 1
+                    self.objs.ref(name)
                     rules.append(f"{_IP[family]} {self.addr} @{set_name(g, family)} goto {name}")
         return rules
 
@@ -346,7 +347,7 @@ def member_update(old: Objects, old_rs: Ruleset, rs: Ruleset) -> Objects | None:
                 key = addr_range(a, a, family)
                 gone = elements.get(key)
                 row = after.exact_row(a)
-                target = r.class_chain(family, row, after.interval_row(a)) if row else None
+                target = r.exact_chain(after, a, row) if row else None
                 come = f"goto {target}" if target else None
                 if come == gone:
                     continue
@@ -355,12 +356,12 @@ def member_update(old: Objects, old_rs: Ruleset, rs: Ruleset) -> Objects | None:
                 if gone is not None:
                     del elements[key]
                     was = gone.split()[1]
-                    new.refs[was] -= 1
+                    new.ref(was, -1)
                     unused.add(was)
                     gone_keys.append(key)
                 if come is not None:
                     elements[key] = come
-                    new.refs[target] = new.refs.get(target, 0) + 1
+                    new.ref(target)
                     come_items.append((key, come))
             if not gone_keys and not come_items:
                 continue
@@ -379,7 +380,7 @@ def member_update(old: Objects, old_rs: Ruleset, rs: Ruleset) -> Objects | None:
         created = True
         last = rules[-1].split()[1]
         if last.startswith("k_"):
-            new.refs[last] -= 1
+            new.ref(last, -1)
             unused.add(last)
     if not created and len(new.chains) == len(old.chains) and len(new.sets) == len(old.sets):
         new.element_changes = changes  # nothing but elements: no chain, set or rule changes

@@ -85,7 +85,9 @@ def test_a_new_class_goes_through_libnftables(sandbox):
     doc["security_groups"]["sg-app"]["members"].append("10.3.0.5")
     result = be.apply(compile_document(parse_data(doc)))
     assert (result.mode, result.channel) == ("delta", "libnftables")
-    assert sb.probe_many([db("10.3.0.5")]) == [Outcome.OPEN]
+    assert sb.probe_many([db("10.3.0.5"), db("10.3.0.6"),
+                          Probe("eth0", "inbound", "10.3.0.5", "tcp", 80)]) \
+        == [Outcome.OPEN, Outcome.DROPPED, Outcome.DROPPED]
     assert be.diff(compile_document(parse_data(doc))) == ""
 
 
@@ -110,4 +112,4 @@ def test_never_sent_over_a_ruleset_changed_since(sandbox):
     sb.run("host", ["nft", "add table ip someone_else"])  # another commit: a new generation
     result = be.apply(compile_document(parse_data(with_members("10.1.0.30", "10.2.0.41"))))
     assert (result.mode, result.channel) == ("full", "libnftables")
-    assert sb.probe_many([db("10.2.0.41")]) == [Outcome.OPEN]
+    assert sb.probe_many([db("10.2.0.41"), db("10.2.0.40")]) == [Outcome.OPEN, Outcome.DROPPED]
