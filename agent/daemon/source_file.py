@@ -3,7 +3,8 @@
 The *directory* is watched (not the file), so that editors and tools that replace the file by
 renaming a new one over it, or swap a symlink (Kubernetes ConfigMaps), are followed too. Any
 change in the directory re-reads the file; a document is emitted only when its bytes changed.
-A missing directory is waited for (polled once a second).
+A missing directory is waited for (polled once a second). A read that raises what it does not
+expect is reported (kind ``internal``) and the watch goes on; see :mod:`.sources`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import watchfiles
 
 from ..load import MAX_BYTES, DocumentCache, DocumentError
 from .config import FileSource as FileConfig
-from .sources import Emit, Invalid, Snapshot, Source, Unavailable, Unchanged
+from .sources import (BEAT_EVERY, Emit, Invalid, Snapshot, Source, Unavailable, Unchanged,
+                      parse_guarded)
 from .state import digest
 
 log = logging.getLogger(__name__)
@@ -45,9 +47,21 @@ class FileSource(Source):
     def refresh(self, force: bool = False) -> None:
         self.read(force=force)
 
+    def step_bound(self) -> float:
+        # watchfiles hands back control at least every second, after at most the debounce
+        return 1.0 + self._debounce() / 1000 + BEAT_EVERY
+
     # ---------------------------------------------------------------------------------------
     def read(self, force: bool = False) -> None:
         """Read the file; emit a new event if it changed (or always with ``force``)."""
+        try:
+            self._read(force)
+        except Exception as exc:  # noqa: BLE001 - reported; the next change reads it again
+            with self._lock:
+                self._last_digest, self._last = None, None
+            self.internal_error(exc, "read")
+
+    def _read(self, force: bool) -> None:
         with self._lock:
             try:
                 with self.path.open("rb") as fh:
@@ -70,7 +84,8 @@ class FileSource(Source):
                 self._emit(Unchanged(self.description))
                 return
             try:
-                doc = self._docs.parse_bytes(raw, self.description)
+                doc = parse_guarded(lambda: self._docs.parse_bytes(raw, self.description),
+                                    self.description)
             except DocumentError as exc:
                 self._set(d, Invalid(exc, self.description), True)
                 return
@@ -85,28 +100,37 @@ class FileSource(Source):
         if emit or changed:
             self._emit(event)
 
+    def _step(self) -> int:
+        return max(1, int(self.cfg.settle * 1000))
+
+    def _debounce(self) -> int:
+        return max(self._step(), 1600)
+
     def _watch(self) -> None:
         directory = self.path.parent
-        step = max(1, int(self.cfg.settle * 1000))
         while not self._stop.is_set():
             if not directory.is_dir():
-                self._stop.wait(1.0)
+                self.wait(1.0)
                 self.read()
+                self.stepped()
                 continue
             try:
                 for _changes in watchfiles.watch(
-                        directory, watch_filter=None, debounce=max(step, 1600), step=step,
-                        stop_event=self._stop, rust_timeout=1000, yield_on_timeout=True,
-                        recursive=False, force_polling=self.cfg.force_polling or None,
-                        poll_delay_ms=300, raise_interrupt=False):
+                        directory, watch_filter=None, debounce=self._debounce(),
+                        step=self._step(), stop_event=self._stop, rust_timeout=1000,
+                        yield_on_timeout=True, recursive=False,
+                        force_polling=self.cfg.force_polling or None, poll_delay_ms=300,
+                        raise_interrupt=False):
                     if self._stop.is_set():
                         return
                     if _changes:
                         self.read()
-                    elif not directory.is_dir():
+                    self.stepped()
+                    if not _changes and not directory.is_dir():
                         break  # the directory went away: wait for it to come back
             except (FileNotFoundError, OSError, RuntimeError) as exc:
                 # watchfiles raises when the directory disappears under it
                 log.debug("watching %s: %s", directory, exc)
-                self._stop.wait(0.5)
+                self.wait(0.5)
                 self.read()
+                self.stepped()

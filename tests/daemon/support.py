@@ -96,7 +96,8 @@ class Daemon:
     """``python -m sgagent run --config PATH`` as a subprocess, its output in a log file."""
 
     def __init__(self, config: dict[str, Any], workdir: Path, name: str = "agent",
-                 env: dict[str, str] | None = None, argv: list[str] | None = None) -> None:
+                 env: dict[str, str] | None = None, argv: list[str] | None = None,
+                 rlimits: dict[int, int] | None = None) -> None:
         self.config = config
         self.workdir = workdir
         self.config_path = workdir / f"{name}.yaml"
@@ -107,15 +108,23 @@ class Daemon:
                                                                       "WATCHDOG_USEC")}
         self.env.update(env or {})
         self.argv = argv
+        self.rlimits = rlimits or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
 
     def start(self) -> "Daemon":
         argv = self.argv or [PYTHON, "-m", "sgagent", "run", "--config", str(self.config_path)]
         self._log = open(self.log_path, "ab")
+        limits = dict(self.rlimits)
+
+        def limit() -> None:  # in the child, before exec: resource.setrlimit(RLIMIT_*, n)
+            import resource
+            for what, n in limits.items():
+                resource.setrlimit(what, (n, n))
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT, env=self.env, cwd=str(ROOT),
-                                     start_new_session=True)
+                                     start_new_session=True,
+                                     preexec_fn=limit if limits else None)
         _PROCS.append(self.proc)
         return self
 
@@ -289,6 +298,7 @@ class DocServer:
         self.token = token
         self.port = free_port()
         self.body = b""
+        self.etag_bytes: bytes | None = None  # sent instead of the body's digest if set
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._httpd: http.server.ThreadingHTTPServer | None = None
@@ -303,6 +313,9 @@ class DocServer:
             self.body = text.encode()
 
     def etag(self) -> str:
+        """The ETag header as http.server handles it (latin-1 text for raw bytes)."""
+        if self.etag_bytes is not None:
+            return self.etag_bytes.decode("latin-1")
         return '"' + hashlib.sha256(self.body).hexdigest()[:16] + '"'
 
     def start(self) -> "DocServer":
@@ -353,6 +366,76 @@ class DocServer:
             self._httpd = None
         if self._thread is not None:
             self._thread.join(5)
+
+
+class TrickleServer:
+    """A plain HTTP server on 127.0.0.1 that answers every request one byte per ``interval``:
+    ``mode="head"`` trickles the response head, ``mode="body"`` sends the head at once and
+    trickles a long body. Records, per connection, when it was accepted and when the client
+    closed it (``None`` while open)."""
+
+    def __init__(self, mode: str, interval: float = 1.0) -> None:
+        assert mode in ("head", "body")
+        self.mode, self.interval = mode, interval
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.connections: list[dict[str, float | None]] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1/hosts/i-test"
+
+    def _accept(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            rec: dict[str, float | None] = {"accepted": time.monotonic(), "closed": None}
+            with self._lock:
+                self.connections.append(rec)
+            threading.Thread(target=self._serve, args=(conn, rec), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, rec: dict[str, float | None]) -> None:
+        import select
+        if self.mode == "head":
+            pending = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 100_000
+        else:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/yaml\r\n"
+                         b"Content-Length: 100000\r\n\r\n")
+            pending = b"#" * 100_000
+        try:
+            while not self._stop.is_set() and pending:
+                readable, _, _ = select.select([conn], [], [], self.interval)
+                if readable:
+                    if not conn.recv(65536):  # the client closed the connection
+                        rec["closed"] = time.monotonic()
+                        return
+                    continue
+                conn.sendall(pending[:1])
+                pending = pending[1:]
+        except OSError:
+            rec["closed"] = time.monotonic()
+        finally:
+            conn.close()
+
+    def closed_after(self) -> list[float]:
+        """Seconds each closed connection stayed open."""
+        with self._lock:
+            return [c["closed"] - c["accepted"] for c in self.connections  # type: ignore[operator]
+                    if c["closed"] is not None]
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.sock.close()
+        self._thread.join(5)
 
 
 # -- sd_notify listener ---------------------------------------------------------------------
