@@ -31,6 +31,12 @@ from ..netns import NetnsExecutor
 
 log = logging.getLogger(__name__)
 
+# Importing any part of pyroute2 runs its package __init__, which imports its tc modules; one of
+# them reads /proc/net/psched and, when it is missing, logs two warnings ("tc subsystem
+# functionality is limited"). Under sgagent.service's ProcSubset=pid /proc/net is hidden, so
+# every start logged them. sgagent uses no tc, and that module logs nothing else: keep it quiet.
+logging.getLogger("pyroute2.netlink.rtnl.tcmsg.common").setLevel(logging.ERROR)
+
 PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 47: "gre", 58: "icmpv6", 132: "sctp", 136: "udplite"}
 MAX_ENTRIES = 1_000_000
 
