@@ -253,12 +253,17 @@ def restore(config: Optional[Path] = typer.Option(None, "--config", "-c",
                                                   help="daemon config (for state_dir, netns)"),
             state_dir: Optional[str] = typer.Option(None, "--state-dir",
                                                     help="overrides the config's state_dir"),
-            netns: Optional[str] = NetnsOpt) -> None:
-    """Apply the last known good document once (sgagent-restore.service, at boot)."""
+            netns: Optional[str] = NetnsOpt,
+            force: bool = typer.Option(False, "--force",
+                                       help="replace the sgagent table even if it is loaded")
+            ) -> None:
+    """Apply the last known good document once (sgagent-restore.service, at boot); nothing
+    is done if the sgagent table is already loaded, unless --force."""
     from .daemon.config import default_config, load_config
     from .daemon.restore import restore as do_restore
     cfg = load_config(config) if config is not None else default_config()
-    result = do_restore(state_dir or cfg.state_dir, netns if netns is not None else cfg.netns)
+    result = do_restore(state_dir or cfg.state_dir, netns if netns is not None else cfg.netns,
+                        force=force)
     typer.echo(result.message)
 
 

@@ -3,6 +3,11 @@
 Run by ``sgagent-restore.service`` before ``network-pre.target``, so that the kernel enforces
 the last rules before any interface comes up; the daemon takes over later. Interfaces need not
 exist yet: nftables matches them by name.
+
+When the sgagent table is already in the kernel, nothing is done: whatever loaded it this boot
+(an earlier restore, or the daemon, which saves every document it applies) is at least as new
+as the saved file, and replacing it could bring back older rules (if a later save failed) or
+take over from a running daemon. ``force=True`` replaces it anyway.
 """
 
 from __future__ import annotations
@@ -19,18 +24,22 @@ class RestoreResult:
     message: str
 
 
-def restore(state_dir: str, netns_name: str | None) -> RestoreResult:
-    """Apply the saved document; ``applied=False`` if nothing was saved yet.
+def restore(state_dir: str, netns_name: str | None, force: bool = False) -> RestoreResult:
+    """Apply the saved document; ``applied=False`` if nothing was saved yet, or if the sgagent
+    table is already loaded (unless ``force``).
 
     Raises DocumentError (saved file unusable) or ApplyError (kernel refused it).
     """
-    store = StateStore(state_dir)
-    saved = store.load()
-    if saved is None:
-        return RestoreResult(False, f"nothing saved in {store.path}; no rules restored")
-    rs = compile_document(saved.document)
     from ..nft.backend import NftBackend
+    store = StateStore(state_dir)
     with NftBackend(netns_name) as be:
+        if not force and be.live_objects().table:
+            return RestoreResult(False, "the sgagent table is already loaded; left as it is "
+                                        "(--force replaces it with the saved document)")
+        saved = store.load()
+        if saved is None:
+            return RestoreResult(False, f"nothing saved in {store.path}; no rules restored")
+        rs = compile_document(saved.document)
         be.apply(rs)
     rules = sum(len(c.decisions) for c in rs.chains)
     return RestoreResult(True, f"restored the document saved {saved.saved_at} from {saved.origin}"

@@ -7,7 +7,10 @@ import ipaddress
 import json
 import os
 import random
+import re
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,7 +27,7 @@ from sgagent.daemon.sources import Backoff
 from sgagent.daemon.state import StateStore
 from sgagent.load import DocumentError, parse_data
 
-from .support import ROOT, document, dports, dump, group, host_section
+from .support import ROOT, document, dports, dump, group, host_section, live_table
 
 
 # -- config ----------------------------------------------------------------------------------
@@ -128,6 +131,91 @@ def test_restore_command(ns, tmp_path: Path, capsys):
     assert dports(ns) == {8080}
 
 
+@pytest.mark.kernel
+def test_restore_leaves_a_loaded_table_as_it_is(ns, tmp_path: Path, capsys):
+    """A second restore (a daemon restart used to pull the unit in again) must not put the
+    saved document back over newer live rules: here the saved one opens 8080, the live one
+    (applied later, its save lost) opens only 9090."""
+    from sgagent.compiler import compile_document
+    from sgagent.nft.backend import NftBackend
+    state = tmp_path / "state"
+    StateStore(state).save(dump(document([8080])).encode(), "older")
+    with NftBackend(ns) as be:
+        be.apply(compile_document(parse_data(document([9090]))))
+    before = live_table(ns)
+    assert main(["restore", "--state-dir", str(state), "--netns", ns]) == 0
+    assert "already loaded; left as it is" in capsys.readouterr().out
+    assert live_table(ns) == before and dports(ns) == {9090}
+    # an unusable saved file is not even read while the table is loaded
+    (state / "last-good.json").write_text("{not json")
+    assert main(["restore", "--state-dir", str(state), "--netns", ns]) == 0
+    assert live_table(ns) == before
+    StateStore(state).save(dump(document([8080])).encode(), "older")
+    # --force replaces it; so does a restore once the table is gone (sgagent flush)
+    assert main(["restore", "--state-dir", str(state), "--netns", ns, "--force"]) == 0
+    assert "restored the document saved" in capsys.readouterr().out
+    assert dports(ns) == {8080}
+    assert main(["flush", "--netns", ns]) == 0
+    assert live_table(ns) == ""
+    assert main(["restore", "--state-dir", str(state), "--netns", ns]) == 0
+    assert dports(ns) == {8080}
+
+
+# -- the units: the boot restore is bounded and pulled in at boot only (issue 9, item 8) -----
+def _unit(name: str) -> dict[str, dict[str, list[str]]]:
+    """section -> key -> values, in order (a unit file may repeat a key)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    section = out.setdefault("", {})
+    for line in (ROOT / "systemd" / name).read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = out.setdefault(line.strip("[]"), {})
+            continue
+        key, _, value = line.partition("=")
+        section.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+def _seconds(value: str) -> float:
+    units = {"": 1, "s": 1, "sec": 1, "ms": 0.001, "min": 60, "m": 60}
+    total = 0.0
+    for number, unit in re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]*)", value):
+        total += float(number) * units[unit]
+    return total
+
+
+def test_restore_unit_start_is_bounded():
+    svc = _unit("sgagent-restore.service")["Service"]
+    assert svc["Type"] == ["oneshot"]
+    start, = svc["TimeoutStartSec"]          # a oneshot has no start timeout unless given one
+    stop, = svc["TimeoutStopSec"]            # and a killed one gets SIGKILL this much later
+    assert start not in ("infinity", "0") and 0 < _seconds(start) <= 120, start
+    assert 0 < _seconds(stop) <= 30, stop
+    unit = _unit("sgagent-restore.service")["Unit"]
+    assert unit["DefaultDependencies"] == ["no"]
+    assert any("network-pre.target" in v for v in unit["Before"])
+    # after nftables.service, whose "flush ruleset" would otherwise remove what it loaded
+    assert any("nftables.service" in v.split() for v in unit["After"])
+    assert "sysinit.target" in _unit("sgagent-restore.service")["Install"]["WantedBy"]
+
+
+def test_daemon_is_ordered_after_the_restore_but_does_not_pull_it_in():
+    unit = _unit("sgagent.service")
+    pulls = [v for key in ("Wants", "Requires", "Requisite", "BindsTo", "Upholds", "PartOf")
+             for line in unit["Unit"].get(key, []) for v in line.split()]
+    assert "sgagent-restore.service" not in pulls, pulls
+    assert "sgagent-restore.service" in " ".join(unit["Unit"]["After"]).split()
+    assert unit["Install"]["Also"] == ["sgagent-restore.service"]   # enabled together
+    assert unit["Install"]["WantedBy"] == ["multi-user.target"]
+
+
+def test_restore_unit_runs_restore_without_force():
+    exec_start, = _unit("sgagent-restore.service")["Service"]["ExecStart"]
+    assert exec_start.split()[1:] == ["restore", "--state-dir", "/var/lib/sgagent"]
+
+
 # -- sd_notify, backoff ----------------------------------------------------------------------
 def test_notifier_environment():
     n = Notifier({"NOTIFY_SOCKET": "@abc", "WATCHDOG_USEC": "3000000"})
@@ -197,6 +285,41 @@ def test_etcd_assembly_errors_name_the_group():
     with pytest.raises(DocumentError) as e:
         _etcd(["not", "a", "mapping"], {}).assemble()  # type: ignore[arg-type]
     assert e.value.errors == ["host: the binding at /sgagent/hosts/h1 must be a mapping"]
+
+
+# -- a clean start logs no warnings (issue 9, item 9) ---------------------------------------
+_REVOKE_HIDDEN_PROC_NET = """
+import os, sys
+from sgagent.daemon.daemon import setup_logging
+from sgagent.daemon.revoke import Revoker
+from sgagent.load import parse_data
+sys.path.insert(0, sys.argv[1])
+from daemon.support import document
+assert not os.path.exists("/proc/net/psched"), "/proc/net is not hidden"
+setup_logging("debug")
+revoker = Revoker(None)
+result = revoker.revoke(parse_data(document([8080])))
+revoker.close()
+print("revoked", result.revoked, "of", result.examined)
+"""
+
+
+@pytest.mark.kernel
+def test_revoker_logs_no_warning_with_proc_net_hidden(root):
+    """sgagent.service has ProcSubset=pid, which hides /proc/net; pyroute2 used to warn about
+    /proc/net/psched at every start. Run the revoker in a fresh network namespace with a proc
+    mounted as the unit mounts it."""
+    script = ('mount -t proc -o subset=pid proc /proc || exit 77; '
+              'exec "$0" -c "$1" "$2"')
+    p = subprocess.run(["unshare", "--net", "--mount", "--propagation", "private", "--",
+                        "sh", "-c", script, sys.executable, _REVOKE_HIDDEN_PROC_NET,
+                        str(ROOT / "tests")],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    if p.returncode == 77:
+        pytest.skip("cannot mount proc with subset=pid here: " + p.stderr)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "revoked 0 of 0"
+    assert "WARNING" not in p.stderr and "psched" not in p.stderr, p.stderr
 
 
 # -- revocation: which packets a conntrack entry stands for ----------------------------------
