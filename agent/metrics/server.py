@@ -182,6 +182,9 @@ class _Server:
                         self._out_of_files_logged = True
                     self._evict_one()
                     await asyncio.sleep(0.1)
+                else:                   # the client gave up already (ECONNABORTED...)
+                    log.debug("metrics: accept: %s", exc)
+                    await asyncio.sleep(0.01)
                 continue
             self._out_of_files_logged = False
             if len(self.conns) >= MAX_CONNECTIONS and not self._evict_one():
