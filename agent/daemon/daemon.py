@@ -10,11 +10,16 @@ threads and the signal handlers put on one queue:
   at start, the last known good document is applied instead;
 * every ``resync_interval``: the live ruleset is compared with what was applied and restored
   if anyone flushed or edited it (counted, logged); a document the kernel refused is retried;
+  a last known good document that could not be saved is saved again;
+* :data:`DRIFT` (from whoever learns of a change to the table, see
+  :meth:`Daemon.request_drift_check`): the live ruleset is checked at once;
 * SIGHUP: the source is read again from scratch and everything is checked at once;
 * SIGTERM/SIGINT: exit 0. Nothing is removed: the kernel keeps enforcing the last rules.
 
-systemd: ``READY=1`` after the first successful apply, ``WATCHDOG=1`` from this loop (so a hung
-loop gets the service restarted), ``STATUS=`` lines, ``STOPPING=1``.
+systemd: ``READY=1`` after the first successful apply, ``WATCHDOG=1`` from this loop -- and
+only while the source makes progress (:meth:`Source.health`), so that a hung loop or a source
+that died for good gets the service restarted -- ``STATUS=`` lines, ``STOPPING=1``. Without a
+watchdog, a source that makes no progress ends the daemon with status 1 instead.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from ..load import DocumentError
 from ..model import Document
 from .config import Config
 from .sdnotify import Notifier
-from .sources import Invalid, Snapshot, Source, SourceEvent, Unavailable, Unchanged, make_source
+from .sources import (Invalid, Snapshot, Source, SourceEvent, Unavailable, Unchanged, describe,
+                      make_source)
 from .state import StateStore
 
 try:
@@ -45,6 +51,7 @@ except ImportError:  # the metrics package is optional: the daemon works without
 log = logging.getLogger("sgagent.daemon")
 
 STARTUP_WAIT = 5.0  # seconds to wait for the source before falling back to the saved document
+HEALTH_EVERY = 5.0  # seconds between checks of the source's progress (and at every ping)
 
 
 class _NullStats:
@@ -69,6 +76,7 @@ class _Signal:
 
 
 HUP, TERM = _Signal("SIGHUP"), _Signal("SIGTERM")
+DRIFT = _Signal("drift")  # someone saw the table change: check it now
 
 
 class Daemon:
@@ -91,6 +99,13 @@ class Daemon:
         self._lkg_tried = False
         self._refused_digest: str | None = None
         self._started = time.monotonic()
+        self._unsaved: tuple[bytes, str, str] | None = None   # (raw, digest, origin) not saved
+        self._save_error: str | None = None
+        self._stuck: str | None = None
+
+    def request_drift_check(self) -> None:
+        """Ask the loop to compare the live ruleset with the applied one now (thread-safe)."""
+        self.events.put(DRIFT)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def run(self) -> int:
@@ -112,6 +127,9 @@ class Daemon:
         if self.cfg.revocation:
             from .revoke import Revoker
             self.revoker = Revoker(self.cfg.netns)
+        saved = self.store.saved_time()
+        if saved is not None:
+            self.stats.state_saved(saved)
         self._start_metrics()
         self.source = make_source(self.cfg.source, self.events.put)
         log.info("sgagent daemon starting: source %s, backend %s%s, state %s, resync every %gs, "
@@ -160,15 +178,20 @@ class Daemon:
     def _loop(self) -> int:
         next_resync = time.monotonic() + self.cfg.resync_interval
         wd = self.notifier.watchdog_interval
-        next_ping = time.monotonic()
+        next_ping = next_health = time.monotonic()
         while True:
             now = time.monotonic()
+            if now >= next_health or (wd is not None and now >= next_ping):
+                next_health = now + HEALTH_EVERY
+                if not self._check_progress(wd is not None):
+                    return 1
             if wd is not None and now >= next_ping:
-                self.notifier.watchdog()
+                if self._stuck is None:
+                    self.notifier.watchdog()
                 next_ping = now + wd
             if self.applied is None and not self._lkg_tried and now - self._started >= STARTUP_WAIT:
                 self._apply_last_known_good("no answer from the source yet")
-            wait = next_resync - now
+            wait = min(next_resync, next_health) - now
             if wd is not None:
                 wait = min(wait, next_ping - now)
             if self.applied is None and not self._lkg_tried:
@@ -191,6 +214,10 @@ class Daemon:
                 if self.ready:
                     self.notifier.notify("READY=1", f"STATUS={self._status_text()}")
                 continue
+            if ev is DRIFT:
+                if self.applied is not None:
+                    self._check_drift()
+                continue
             if ev is not None:
                 self._handle(ev)
             if time.monotonic() >= next_resync:
@@ -198,6 +225,33 @@ class Daemon:
                 self.source.refresh(force=False)
                 self._resync()
                 next_resync = time.monotonic() + self.cfg.resync_interval
+
+    def _check_progress(self, watchdog: bool) -> bool:
+        """Ask the source whether it makes progress; False: give up (no watchdog to do it)."""
+        assert self.source is not None
+        problem = self.source.health()
+        if problem is None:
+            if self._stuck is not None:
+                log.warning("the source %s makes progress again", self.source.description)
+                self._stuck = None
+                self._status()
+            return True
+        if self._stuck is None:
+            self._stuck = problem
+            self.stats.source_up(False)
+            if not self.source.dead:  # a dead one was counted as such when it died
+                self.stats.source_error("stalled")
+            if watchdog:
+                log.critical("the source %s makes no progress (%s): the watchdog is no longer "
+                             "fed, so that systemd restarts the service; the rules in force "
+                             "stay", self.source.description, problem)
+            else:
+                log.critical("the source %s makes no progress (%s) and there is no watchdog: "
+                             "exiting with status 1 so that the service manager restarts the "
+                             "daemon; the rules in force stay", self.source.description,
+                             problem)
+            self._status()
+        return watchdog
 
     def _handle(self, ev: SourceEvent) -> None:
         if isinstance(ev, Unavailable):
@@ -226,7 +280,7 @@ class Daemon:
             errs = ev.error.errors
             log.error("refused the document from %s: %d error%s; the rules in force stay",
                       ev.origin, len(errs), "" if len(errs) == 1 else "s")
-            for e in errs:
+            for e in ev.error.lines():  # the first few, then a count
                 log.error("  %s", e)
             if self.applied is None and not self._lkg_tried:
                 self._apply_last_known_good("the source's document is invalid")
@@ -279,11 +333,7 @@ class Daemon:
         log.info("applied the document from %s (%s): %d rule decisions on %d NICs in %.1f ms%s",
                  origin, why, rules, len(rs.nics), 1000 * dt, lat)
         if save:
-            try:
-                self.store.save(raw, origin)
-            except OSError as exc:
-                log.error("cannot save the last known good document in %s: %s",
-                          self.cfg.state_dir, exc)
+            self._save(raw, digest, origin)
         if not self.ready:
             self.ready = True
             self.notifier.ready(self._status_text())
@@ -296,6 +346,47 @@ class Daemon:
             self._revoke(doc)
         del previous
         _release_memory()
+        return True
+
+    def _save(self, raw: bytes, digest: str, origin: str) -> bool:
+        """Save the applied document as last known good. On failure the older saved document
+        stays what a reboot restores: logged with that consequence, counted, shown in STATUS,
+        and tried again at every full check until it works or a newer document replaces it."""
+        try:
+            self.store.save(raw, origin)
+        except Exception as exc:  # noqa: BLE001 - OSError mostly; never stops enforcement
+            self.stats.state_save_failed()
+            why = (exc.strerror or str(exc)) if isinstance(exc, OSError) else describe(exc)
+            if self._unsaved is not None and self._unsaved[1] == digest \
+                    and self._save_error == why:
+                log.debug("saving the last known good document failed again: %s", why)
+                return False
+            info = self.store.info()
+            if info is not None and info.digest == digest:
+                log.error("cannot save the last known good document in %s (%s); the copy "
+                          "saved at %s is the same document, so a reboot would restore it "
+                          "all the same", self.cfg.state_dir, why, info.saved_at)
+                self._unsaved = self._save_error = None
+                return False
+            self._unsaved, self._save_error = (raw, digest, origin), why
+            if info is not None:
+                log.error("cannot save the last known good document in %s (%s): a reboot "
+                          "would restore the older document saved at %s from %s, not the one "
+                          "now enforced; retrying at every full check", self.cfg.state_dir,
+                          why, info.saved_at, info.origin)
+            else:
+                log.error("cannot save the last known good document in %s (%s): nothing is "
+                          "saved, so a reboot would leave the host without sgagent's rules "
+                          "until the source answers; retrying at every full check",
+                          self.cfg.state_dir, why)
+            self._status()
+            return False
+        self.stats.state_saved()
+        if self._unsaved is not None:
+            log.warning("saved the last known good document in %s again (%s)",
+                        self.cfg.state_dir, origin)
+            self._unsaved = self._save_error = None
+            self._status()
         return True
 
     def _backend_apply(self, rs: Ruleset, full: bool) -> None:
@@ -348,7 +439,11 @@ class Daemon:
                     f"last known good ({saved.origin})", "fallback", save=False)
 
     def _resync(self) -> None:
-        """The periodic full check: retry a refused document, repair drift."""
+        """The periodic full check: retry a refused document, repair drift, save the last
+        known good document if that failed."""
+        if self._unsaved is not None and self.applied is not None \
+                and self._unsaved[1] == self.applied.digest:
+            self._save(*self._unsaved)
         if self.applied is None:
             if self.desired is not None:
                 self._apply(self.desired.doc, self.desired.raw, self.desired.digest,
@@ -395,13 +490,19 @@ class Daemon:
     def _status_text(self) -> str:
         if self.applied is None:
             return "no rules applied yet" + (f"; source down: {self._source_down}"
-                                             if self._source_down else "")
+                                             if self._source_down else "") + (
+                f"; the source makes no progress: {self._stuck}" if self._stuck else "")
         rules = sum(len(c.decisions) for c in self.applied.ruleset.chains)
         text = f"enforcing {self.applied.origin} ({rules} rule decisions)"
         if self._source_down:
             text += f"; source down: {self._source_down}"
         if self.desired is not None and self.desired.digest != self.applied.digest:
             text += "; a newer document was refused by the kernel"
+        if self._unsaved is not None:
+            text += (f"; NOT saved as last known good ({self._save_error}): a reboot would "
+                     "restore an older document")
+        if self._stuck is not None:
+            text += f"; the source makes no progress: {self._stuck}"
         return text
 
     def _status(self) -> None:

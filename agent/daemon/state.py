@@ -37,6 +37,15 @@ class Saved:
     digest: str
 
 
+@dataclass(frozen=True)
+class SavedInfo:
+    """What a reboot would restore, without the document itself."""
+    origin: str
+    saved_at: str
+    digest: str
+    mtime: float        # Unix time the file was written
+
+
 def digest(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
@@ -76,6 +85,25 @@ class StateStore:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+    def info(self) -> SavedInfo | None:
+        """Origin, time and digest of the saved document; None if nothing (usable) is saved.
+        Never raises."""
+        try:
+            with self.path.open("rb") as fh:
+                mtime = os.fstat(fh.fileno()).st_mtime
+                record = json.loads(fh.read())
+            return SavedInfo(str(record["origin"]), str(record["saved_at"]),
+                             str(record["digest"]), mtime)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def saved_time(self) -> float | None:
+        """Unix time the saved document was written (the file's mtime), or None."""
+        try:
+            return self.path.stat().st_mtime
+        except OSError:
+            return None
 
     def load(self) -> Saved | None:
         """The saved document, or None if nothing was saved yet.

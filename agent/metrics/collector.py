@@ -266,6 +266,8 @@ class AgentCollector:
             CounterMetricFamily("sgagent_drift_repairs", ""),
             CounterMetricFamily("sgagent_revoked_connections", ""),
             GaugeMetricFamily("sgagent_rules", "", labels=("nic", "direction")),
+            CounterMetricFamily("sgagent_state_save_errors", ""),
+            GaugeMetricFamily("sgagent_state_last_save_timestamp_seconds", ""),
         ]
 
     def collect(self):
@@ -312,6 +314,13 @@ class AgentCollector:
         for nic, direction, n in s.rules:
             rules.add_metric((nic, direction), n)
         yield rules
+        yield CounterMetricFamily("sgagent_state_save_errors",
+                                  "Failed saves of the last known good document (a reboot "
+                                  "would restore the older one saved before).",
+                                  value=s.state_save_errors)
+        yield GaugeMetricFamily("sgagent_state_last_save_timestamp_seconds",
+                                "Unix time the last known good document was last saved "
+                                "(0: nothing saved).", value=s.last_save)
 
 
 class MetricsRegistry(CollectorRegistry):

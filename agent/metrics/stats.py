@@ -1,4 +1,5 @@
-"""What the daemon reports about itself: applies, the source, drift, revocations.
+"""What the daemon reports about itself: applies, the source, drift, revocations, the saved
+last known good document.
 
 :class:`AgentStats` is a plain, thread-safe accumulator.  It knows nothing about Prometheus;
 the collector in :mod:`sgagent.metrics.collector` takes a consistent :meth:`AgentStats.snapshot`
@@ -45,6 +46,8 @@ class StatsSnapshot:
     drift_repairs: int
     revoked_connections: int
     rules: tuple[tuple[str, str, int], ...]  # (nic, direction, rule decisions)
+    state_save_errors: int = 0
+    last_save: float = 0.0                 # 0.0: nothing saved
 
 
 class AgentStats:
@@ -64,6 +67,8 @@ class AgentStats:
         self._drift = 0
         self._revoked = 0
         self._rules: tuple[tuple[str, str, int], ...] = ()
+        self._save_errors = 0
+        self._last_save = 0.0
 
     # -- what the daemon calls ---------------------------------------------------------------
     def apply_finished(self, seconds: float, result: str) -> None:
@@ -115,6 +120,18 @@ class AgentStats:
         with self._lock:
             self._revoked += n
 
+    def state_saved(self, when: float | None = None) -> None:
+        """The last known good document was saved at ``when`` (default: now)."""
+        when = time.time() if when is None else float(when)
+        with self._lock:
+            if math.isfinite(when):
+                self._last_save = when
+
+    def state_save_failed(self) -> None:
+        """Saving the last known good document failed (the older saved one stays)."""
+        with self._lock:
+            self._save_errors += 1
+
     def ruleset_applied(self, ruleset) -> None:
         """The :class:`sgagent.ir.Ruleset` now in force (``None``: nothing is enforced)."""
         rules = () if ruleset is None else tuple(
@@ -142,4 +159,6 @@ class AgentStats:
                 drift_repairs=self._drift,
                 revoked_connections=self._revoked,
                 rules=self._rules,
+                state_save_errors=self._save_errors,
+                last_save=self._last_save,
             )

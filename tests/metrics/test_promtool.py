@@ -29,6 +29,8 @@ def _busy_registry():
     stats.invalid_document()
     stats.drift_repaired()
     stats.connections_revoked(2)
+    stats.state_saved(1_700_000_000.5)
+    stats.state_save_failed()
     kernel = FakeKernel([
         reading(rule="http", packets=3, nbytes=180),
         reading(nic="eth1", direction="outbound", group="sg-b", rule="sg-b/0", policy="reject",
@@ -58,7 +60,7 @@ def test_promtool_check_rules(promtool):
     proc = subprocess.run([promtool, "check", "rules", str(MONITORING / "sgagent-alerts.yml")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 7 rules found" in proc.stdout
+    assert "SUCCESS: 8 rules found" in proc.stdout
 
 
 def test_promtool_test_rules(promtool):
@@ -72,7 +74,8 @@ def test_promtool_test_rules(promtool):
 def test_alerts_cover_the_issue():
     text = (MONITORING / "sgagent-alerts.yml").read_text()
     for metric in ("sgagent_source_up", "sgagent_invalid_documents_total",
-                   "sgagent_drift_repairs_total", 'sgagent_applies_total{result="failure"}'):
+                   "sgagent_drift_repairs_total", 'sgagent_applies_total{result="failure"}',
+                   "sgagent_state_save_errors_total"):
         assert metric in text
 
 
