@@ -46,6 +46,11 @@ NFT_MSG_GETGEN = 16
 NFT_MSG_NEWOBJ = 18
 NFT_MSG_GETOBJ = 19
 NFTA_GEN_ID = 1
+NFTA_GEN_PROC_PID = 2
+NFTA_GEN_PROC_NAME = 3
+NFNLGRP_NFTABLES = 7   # the multicast group of every committed nftables change
+SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP = 1
 NFPROTO_INET = 1
 NFT_OBJECT_COUNTER = 1
 
@@ -108,6 +113,18 @@ def messages(buf, n: int):
             return
         yield off, mlen, mtype, mseq
         off += (mlen + 3) & ~3
+
+
+def attributes(buf, start: int, end: int):
+    """(type without flags, payload offset, payload length) of each attribute in
+    ``buf[start:end]`` (a message's attributes, or a nested attribute's payload)."""
+    a = start
+    while a + 4 <= end:
+        alen, atype = _NLA.unpack_from(buf, a)
+        if alen < 4 or a + alen > end:
+            return
+        yield atype & NLA_TYPE_MASK, a + 4, alen - 4
+        a += (alen + 3) & ~3
 
 
 class NetfilterSocket:
