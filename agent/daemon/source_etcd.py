@@ -44,7 +44,8 @@ from etcd3gw.client import Etcd3Client
 
 from ..load import DocumentCache, DocumentError, _check_depth, _Loader
 from .config import EtcdSource as EtcdConfig
-from .sources import Backoff, Emit, Invalid, Snapshot, Source, Unavailable, Unchanged
+from .sources import (BEAT_EVERY, Backoff, Emit, Invalid, Snapshot, Source, Unavailable,
+                      Unchanged)
 from .state import digest
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,13 @@ class _Stream:
         self.src._inbox.put((self.gen, msg))
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # noqa: BLE001 - the sync thread starts the watches again
+            log.error("etcd watch %s died: %s", self.name, _reason(exc), exc_info=True)
+            self._post("died", self.name, _reason(exc))
+
+    def _loop(self) -> None:
         backoff = Backoff(self.src.cfg.backoff)
         while not self.stopped():
             try:
@@ -161,7 +169,7 @@ class EtcdSource(Source):
     kind = "etcd"
 
     def __init__(self, cfg: EtcdConfig, emit: Emit) -> None:
-        super().__init__(emit)
+        super().__init__(emit, cfg.backoff)
         self.cfg = cfg
         self.host = cfg.host_name
         self.host_key = f"{cfg.prefix}/hosts/{self.host}"
@@ -183,6 +191,9 @@ class EtcdSource(Source):
         self._docs = DocumentCache()  # a members-only change is not parsed whole again
         self._last_kind: str | None = None
         self._unavailable = False
+        self._resumed: dict[str, int] = {}
+        self._need_read, self._force_publish = True, True
+        self._sync_client: Etcd3Client | None = None
 
     @property
     def description(self) -> str:
@@ -225,77 +236,107 @@ class EtcdSource(Source):
                 self._api_path = None
 
     # -- the sync thread ----------------------------------------------------------------------
+    def step_bound(self) -> float:
+        # a full read: version discovery and two ranges, each within ``timeout``
+        return 3 * self.cfg.timeout + BEAT_EVERY
+
     def _run(self) -> None:
-        need_read, force = True, True
-        client: Etcd3Client | None = None
         while not self._stop.is_set():
-            if need_read:
-                try:
-                    client = client or self._client()
-                    self._full_read(client)
-                except Exception as exc:  # noqa: BLE001
-                    client = None
-                    self._rotate()
-                    self._report_down(f"read: {_reason(exc)}")
-                    self._stop.wait(self.backoff.next())
-                    continue
-                self.backoff.reset()
-                need_read = False
-                self._start_streams()
-                self._publish(force)
-                force = False
             try:
-                gen, msg = self._inbox.get(timeout=1.0)
-            except queue.Empty:
-                continue
-            kind = msg[0]
-            if kind == "stop":
-                break
-            if kind == "refresh":
-                need_read, force = True, True
-                continue
-            if gen != self._gen:
-                continue  # from a stream of an earlier read
-            if kind == "compacted":
-                log.warning("etcd compacted revision %d away (its history now starts at %d, we "
-                            "were at %d): reading everything again", self.revision + 1, msg[2],
-                            self.revision)
-                need_read = True
-            elif kind == "down":
-                self._down[msg[1]] = msg[2]
-                self._report_down(f"watch: {msg[2]}")
-            elif kind == "up":
-                _, name, store_rev, cluster, start = msg
-                if (self.cluster_id and cluster and cluster != self.cluster_id) or \
-                        store_rev + 1 < start:
-                    log.warning("etcd was replaced (cluster %s revision %d, we are at %d): "
-                                "reading everything again", cluster, store_rev, start - 1)
-                    need_read = True
-                    continue
-                self._down.pop(name, None)
-                if not self._down and self._unavailable:
-                    self._unavailable = False
-                    log.info("etcd watch resumed from revision %d", start)
-                    self._emit(Unchanged(self.description))
-            elif kind == "progress":
-                self.revision = max(self.revision, msg[2])
-            elif kind == "events":
-                self._apply(msg[2], msg[3])
-                # the other watch may carry the rest of the same transaction
-                deadline = time.monotonic() + SETTLE
-                while True:
-                    try:
-                        gen2, msg2 = self._inbox.get(timeout=max(0.0, deadline - time.monotonic()))
-                    except queue.Empty:
-                        break
-                    if gen2 == self._gen and msg2[0] == "events":
-                        self._apply(msg2[2], msg2[3])
-                    else:
-                        self._inbox.put((gen2, msg2))  # handle it in the main loop
-                        break
-                self._publish(False)
+                if self._sync_step():
+                    break
+            except Exception as exc:  # noqa: BLE001 - reported; everything is read again
+                self._sync_client = None
+                self._need_read = True
+                self._unavailable = True
+                self.internal_error(exc, "sync")
+                self.wait(self.backoff.next())
+            self.stepped()
         for s in self._streams:
             s.stop()
+
+    def _sync_step(self) -> bool:
+        """A full read if one is needed, then one message from the watches (or a second
+        without any); True to stop."""
+        if self._need_read:
+            try:
+                self._sync_client = self._sync_client or self._client()
+                self._full_read(self._sync_client)
+            except Exception as exc:  # noqa: BLE001
+                self._sync_client = None
+                self._rotate()
+                self._report_down(f"read: {_reason(exc)}")
+                self.wait(self.backoff.next())
+                return False
+            self.backoff.reset()
+            self._need_read = False
+            self._start_streams()
+            self._publish(self._force_publish)
+            self._force_publish = False
+        try:
+            gen, msg = self._inbox.get(timeout=BEAT_EVERY)
+        except queue.Empty:
+            return False
+        kind = msg[0]
+        if kind == "stop":
+            return True
+        if kind == "refresh":
+            self._need_read = self._force_publish = True
+            return False
+        if gen != self._gen:
+            return False  # from a stream of an earlier read
+        if kind == "compacted":
+            log.warning("etcd compacted revision %d away (its history now starts at %d, we "
+                        "were at %d): reading everything again", self.revision + 1, msg[2],
+                        self.revision)
+            self._need_read = True
+        elif kind == "died":
+            self._report_down(f"watch {msg[1]} died: {msg[2]}")
+            self._need_read = True
+        elif kind == "down":
+            self._down[msg[1]] = msg[2]
+            self._report_down(f"watch: {msg[2]}")
+        elif kind == "up":
+            _, name, store_rev, cluster, start = msg
+            if (self.cluster_id and cluster and cluster != self.cluster_id) or \
+                    store_rev + 1 < start:
+                log.warning("etcd was replaced (cluster %s revision %d, we are at %d): "
+                            "reading everything again", cluster, store_rev, self.revision)
+                self._need_read = True
+                return False
+            self._resumed[name] = start
+            self._down.pop(name, None)
+            if not self._down and self._unavailable:
+                self._unavailable = False
+                # Each watch resumes after the last revision it delivered (a quiet binding's
+                # watch may be far behind the groups'); the state held is that of
+                # self.revision, which only moves forward (see _advance).
+                log.info("etcd watch resumed at revision %d", self.revision)
+                log.debug("etcd watches resumed from revisions %s", ", ".join(
+                    f"{n} {r}" for n, r in sorted(self._resumed.items())))
+                self._emit(Unchanged(self.description))
+        elif kind == "progress":
+            self._advance(msg[2])
+        elif kind == "events":
+            self._apply(msg[2], msg[3])
+            # the other watch may carry the rest of the same transaction
+            deadline = time.monotonic() + SETTLE
+            while True:
+                try:
+                    gen2, msg2 = self._inbox.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if gen2 == self._gen and msg2[0] == "events":
+                    self._apply(msg2[2], msg2[3])
+                else:
+                    self._inbox.put((gen2, msg2))  # handle it in the main loop
+                    break
+            self._publish(False)
+        return False
+
+    def _advance(self, revision: int) -> None:
+        """The state now includes every change up to ``revision``: never backwards."""
+        self.revision = max(self.revision, revision)
 
     def _report_down(self, reason: str) -> None:
         self._unavailable = True
@@ -315,9 +356,15 @@ class EtcdSource(Source):
             name = _unb64(kv["key"]).decode("utf-8", "replace")[len(self.groups_prefix):]
             if name and "/" not in name:
                 groups[name] = _unb64(kv.get("value"))
+        cluster = header.get("cluster_id") or self.cluster_id
+        if rev < self.revision:
+            log.warning("etcd is at revision %d, behind the %d we had read (cluster %s%s): "
+                        "following it from there", rev, self.revision, cluster,
+                        ", a new cluster" if cluster != self.cluster_id else
+                        ", restored from a backup?")
         self._host_value, self._groups = host_value, groups
         self.revision = rev
-        self.cluster_id = header.get("cluster_id") or self.cluster_id
+        self.cluster_id = cluster
         self.full_reads += 1
         log.info("etcd: read %s and %d groups at revision %d", self.host_key, len(groups), rev)
 
@@ -326,6 +373,7 @@ class EtcdSource(Source):
             s.stop()
         self._gen += 1
         self._down.clear()
+        self._resumed.clear()
         start = self.revision + 1
         self._streams = [
             _Stream(self, self._gen, "host", self.host_key, None, start),
@@ -354,7 +402,7 @@ class EtcdSource(Source):
                     self._groups.pop(name, None)
                 else:
                     self._groups[name] = value
-        self.revision = max(self.revision, revision)
+        self._advance(revision)
 
     # -- assembling the document --------------------------------------------------------------
     def _publish(self, force: bool) -> None:
