@@ -309,8 +309,11 @@ class DocServer:
         return f"https://127.0.0.1:{self.port}/v1/hosts/i-test"
 
     def set(self, text: str) -> None:
+        self.set_raw(text.encode())
+
+    def set_raw(self, raw: bytes) -> None:
         with self._lock:
-            self.body = text.encode()
+            self.body = raw
 
     def etag(self) -> str:
         """The ETag header as http.server handles it (latin-1 text for raw bytes)."""
