@@ -81,7 +81,8 @@ class HttpsSource(_Strict):
     ca_bundle: str | None = Field(default=None, description="PEM CA bundle (default: system CAs)")
     client_cert: str | None = None
     client_key: str | None = None
-    timeout: float = Field(default=10.0, gt=0, le=300, description="seconds per request")
+    timeout: float = Field(default=10.0, gt=0, le=300,
+                           description="seconds for a whole request (connect to last byte)")
     poll_interval: float = Field(default=15.0, gt=0, le=86400)
     backoff: Backoff = Backoff()
     allow_http: bool = Field(default=False, description="accept a plain http:// URL (testing only)")

@@ -114,6 +114,9 @@ class FileSource(Source):
                 self.read()
                 self.stepped()
                 continue
+            # A change made before the watch was set up is seen by no event: the first time
+            # the watch hands back control (a change, or a second without), read anyway.
+            first = True
             try:
                 for _changes in watchfiles.watch(
                         directory, watch_filter=None, debounce=self._debounce(),
@@ -123,8 +126,9 @@ class FileSource(Source):
                         raise_interrupt=False):
                     if self._stop.is_set():
                         return
-                    if _changes:
+                    if _changes or first:
                         self.read()
+                        first = False
                     self.stepped()
                     if not _changes and not directory.is_dir():
                         break  # the directory went away: wait for it to come back

@@ -37,7 +37,10 @@ from .state import digest as _digest
 log = logging.getLogger(__name__)
 
 BEAT_EVERY = 1.0     # seconds: a waiting source thread shows it is alive at least this often
-STALL_SLACK = 60.0   # seconds a step may overrun its own bound before the source counts as stuck
+# Seconds a step may overrun its own bound before the source counts as stuck: reading the
+# largest document allowed (64 MiB) takes about 30 s on a 2-core machine, and a false alarm
+# would restart the daemon into the same read again.
+STALL_SLACK = 120.0
 MAX_RESTARTS = 5     # a thread that dies this often in a row without finishing a step: dead
 
 
