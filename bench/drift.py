@@ -11,8 +11,8 @@ Two modes, detected and recorded (``mode`` in the JSON):
 
 * ``daemon``: a real ``sgagent run`` with a file source in the namespace, its periodic check
   (``resync_interval``) set to 600 s, so that only a change listener can repair within the
-  measurement: the daemon is used when the first flush is repaired within ``--probe``
-  seconds (then that flush is the first sample);
+  measurement: the daemon is used when the first flush at the first size is repaired
+  within ``--probe`` seconds (then that flush is the first sample), and for every size;
 * ``monitor``: else (the daemon does not listen for changes yet) the daemon is stopped and
   this process repairs as the daemon would: a ``TableMonitor`` whose callback wakes a loop
   that compares the live table with the applied one and re-applies the whole document
@@ -20,7 +20,7 @@ Two modes, detected and recorded (``mode`` in the JSON):
 
 Needs root, ``ip`` and ``nft``; everything happens in a namespace created and deleted here.
 
-    sudo .venv/bin/python bench/drift.py [--flushes 20] [--rules 100,1000]
+    sudo .venv/bin/python bench/drift.py [--flushes 20] [--rules 100,1000,10000]
 
 Writes bench/results/drift.json.
 """
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import queue
+import re
 import select
 import subprocess
 import sys
@@ -141,6 +142,8 @@ class InProcessRepair:
         self.applied = self.backend.live_text()
         self.events: "queue.SimpleQueue[str]" = queue.SimpleQueue()
         self.repairs = 0
+        self.check_ms: list[float] = []   # reading and comparing the live table
+        self.apply_ms: list[float] = []   # the repairing apply
         self.monitor = TableMonitor(ns, lambda: self.events.put("drift"), debounce=debounce)
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
@@ -151,8 +154,13 @@ class InProcessRepair:
             ev = self.events.get()
             if ev == "stop":
                 return
-            if self.backend.live_text() != self.applied:
+            t0 = time.perf_counter()
+            drifted = self.backend.live_text() != self.applied
+            t1 = time.perf_counter()
+            self.check_ms.append(1000 * (t1 - t0))
+            if drifted:
                 self.backend.apply(self.rs, full=True)
+                self.apply_ms.append(1000 * (time.perf_counter() - t1))
                 self.repairs += 1
 
     def close(self) -> None:
@@ -169,7 +177,10 @@ def stats(ms: list[float]) -> dict[str, Any]:
             "max_ms": common.rnd(max(ms) if ms else None)}
 
 
-def measure(work: Path, rules: int, flushes: int, probe: float, debounce: float) -> dict[str, Any]:
+def measure(work: Path, rules: int, flushes: int, probe: float, debounce: float,
+            mode: str | None = None) -> dict[str, Any]:
+    """``flushes`` foreign flushes at one document size.  ``mode=None``: find out whether the
+    daemon repairs (the first flush, ``probe`` seconds); else the mode found before."""
     ns = common.token()
     doc = docgen.generate(rules)
     path = work / f"host-{rules}.json"
@@ -182,19 +193,22 @@ def measure(work: Path, rules: int, flushes: int, probe: float, debounce: float)
                     "log_level": "info"}, work, f"agent-{rules}")
         repair: InProcessRepair | None = None
         try:
-            d.start()
-            d.wait_log("ready:", timeout=300)
-            time.sleep(0.5)
-            expected = live_table(ns)
-            if not expected:
-                raise RuntimeError("the daemon reported ready but the table is not there")
-            first = observer.flush_and_time(expected, probe)
-            if first["repair_ms"] is not None and first["restored"]:
-                mode = "daemon"
-                samples.append(first)
-            else:
-                mode = "monitor"
-                d.stop()
+            if mode != "monitor":
+                d.start()
+                d.wait_log("ready:", timeout=600)
+                time.sleep(0.5)
+                expected = live_table(ns)
+                if not expected:
+                    raise RuntimeError("the daemon reported ready but the table is not there")
+            if mode is None:
+                first = observer.flush_and_time(expected, probe)
+                if first["repair_ms"] is not None and first["restored"]:
+                    mode = "daemon"
+                    samples.append(first)
+                else:
+                    mode = "monitor"
+                    d.stop()
+            if mode == "monitor":
                 repair = InProcessRepair(ns, doc, debounce)
                 expected = live_table(ns)
             while len(samples) < flushes:
@@ -217,11 +231,16 @@ def measure(work: Path, rules: int, flushes: int, probe: float, debounce: float)
                            "timed_by_listing": sum(1 for s in samples if s["via"] == "listing"),
                            "observer_overruns": observer.overruns}
     if mode == "daemon":
-        out["daemon_repairs_logged"] = d.log().count("drift repaired")
+        log = d.log()
+        out["daemon_repairs_logged"] = log.count("drift repaired")
+        out["daemon_apply_p50_ms"] = common.rnd(common.median(
+            [float(x) for x in re.findall(r"\(repair\): .* in ([\d.]+) ms", log)]))
     else:
         assert repair is not None
         out["debounce_s"] = debounce
         out["in_process_repairs"] = repair.repairs
+        out["check_p50_ms"] = common.rnd(common.median(repair.check_ms))
+        out["apply_p50_ms"] = common.rnd(common.median(repair.apply_ms))
         out["monitor_overruns"] = repair.monitor.overruns
     return out
 
@@ -233,10 +252,13 @@ def run(rules: list[int], flushes: int = 20, probe: float = 5.0,
                            "machine": common.machine(),
                            "params": {"rules": rules, "flushes": flushes, "probe_s": probe,
                                       "target_ms": TARGET_MS}}
+    res["sizes"] = []
+    mode = None
     with tempfile.TemporaryDirectory(prefix="sgb-drift-") as tmp:
-        res["sizes"] = [measure(Path(tmp), n, flushes, probe, debounce) for n in rules]
-    modes = {s["mode"] for s in res["sizes"]}
-    res["mode"] = modes.pop() if len(modes) == 1 else "mixed"
+        for n in rules:   # the mode is found at the first size, and kept
+            res["sizes"].append(measure(Path(tmp), n, flushes, probe, debounce, mode))
+            mode = res["sizes"][-1]["mode"]
+    res["mode"] = mode
     res["repaired"] = sum(s["repaired"] for s in res["sizes"])
     res["samples_ms"] = [x for s in res["sizes"] for x in s["samples_ms"]]
     return res
@@ -258,9 +280,10 @@ def markdown(res: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--flushes", type=int, default=20, help="foreign flushes per size (1..200)")
-    ap.add_argument("--rules", default="100,1000", help="document sizes, comma-separated")
+    ap.add_argument("--rules", default="100,1000,10000",
+                    help="document sizes, comma-separated (the mode is found at the first)")
     ap.add_argument("--probe", type=float, default=5.0,
-                    help="seconds the daemon gets to repair the first flush")
+                    help="seconds the daemon gets to repair the first flush (first size)")
     ap.add_argument("--debounce", type=float, default=0.1, help="the monitor's, in monitor mode")
     ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args(argv)
