@@ -89,7 +89,7 @@ def test_etcd_killed_restarted_and_compacted(etcd, sandbox, make_daemon):
     # it comes back (same data): the watch resumes from its revision, a later change arrives
     mark = d.mark()
     etcd.start()
-    d.wait_log(r"watch resumed from revision \d+", since=mark)
+    d.wait_log(r"watch resumed at revision \d+", since=mark)
     etcd.put(f"{P}/groups/sg-web", group([9090]))
     wait_until(lambda: dports(sandbox.host_ns) == {9090}, 5, what="change after restart")
     assert probe(sandbox, 8080, 9090) == [Outcome.DROPPED, Outcome.OPEN]

@@ -236,7 +236,7 @@ def test_prometheus_sees_the_rules_hit_and_not_their_neighbours(sandbox, prometh
             # The shipped alerting rules are loaded, and none fires on a healthy agent
             body = prom.http.get(f"{prom.url}/api/v1/rules").json()
             groups = {g["name"]: g for g in body["data"]["groups"]}
-            assert len(groups["sgagent"]["rules"]) == 7
+            assert len(groups["sgagent"]["rules"]) == 8
             assert all(r["health"] == "ok" for r in groups["sgagent"]["rules"]), groups
             assert prom.query('ALERTS{alertstate="firing", alertname=~"Sgagent.*"}') == []
 
