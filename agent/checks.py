@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from .model import Document, GroupPeer
+from .model import Document, GroupPeer, shown
 
 
 def document_errors(doc: Document) -> list[str]:
@@ -18,7 +18,7 @@ def document_errors(doc: Document) -> list[str]:
     for i, nic in enumerate(host.nics):
         path = f"host.nics[{i}]"
         if names.index(nic.name) != i:
-            add(f"{path}.name: NIC {nic.name!r} is listed twice")
+            add(f"{path}.name: NIC {shown(nic.name)} is listed twice")
         if classic and nic.role == "vpc":
             add(f"{path}.role: a classic host has intranet and internet NICs, not vpc")
         if not classic and nic.role != "vpc":
@@ -26,9 +26,9 @@ def document_errors(doc: Document) -> list[str]:
         seen: set[str] = set()
         for j, g in enumerate(nic.security_groups):
             if g not in groups:
-                add(f"{path}.security_groups[{j}]: group {g!r} is not defined in security_groups")
+                add(f"{path}.security_groups[{j}]: group {shown(g)} is not defined in security_groups")
             if g in seen:
-                add(f"{path}.security_groups[{j}]: group {g!r} is bound twice")
+                add(f"{path}.security_groups[{j}]: group {shown(g)} is bound twice")
             seen.add(g)
         types = {groups[g].type for g in nic.security_groups if g in groups}
         if len(types) > 1:
@@ -60,7 +60,7 @@ def document_errors(doc: Document) -> list[str]:
             rpath = f"{gpath}.rules[{r}]"
             rid = doc.rule_id(gname, r)
             if rid in ids:
-                add(f"{rpath}.id: {rid!r} is already the id of rules[{ids[rid]}]")
+                add(f"{rpath}.id: {shown(rid)} is already the id of rules[{ids[rid]}]")
             else:
                 ids[rid] = r
             if classic:
@@ -79,13 +79,13 @@ def document_errors(doc: Document) -> list[str]:
                         add(f"{ppath}: a classic internet rule cannot reference a group")
                     target = groups.get(item.group)
                     if target is None:
-                        add(f"{ppath}.group: group {item.group!r} is not defined in security_groups")
+                        add(f"{ppath}.group: group {shown(item.group)} is not defined in security_groups")
                         continue
                     want = item.account if item.account is not None else host.account
                     have = doc.group_account(item.group)
                     if want != have:
-                        add(f"{ppath}.account: group {item.group!r} belongs to account "
-                            f"{have!r}, not {want!r}")
+                        add(f"{ppath}.account: group {shown(item.group)} belongs to account "
+                            f"{shown(have)}, not {shown(want)}")
                 else:
                     if classic and item.version == 6:
                         add(f"{ppath}: IPv6 {item} on a classic network")

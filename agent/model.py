@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import reprlib
+import unicodedata
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
@@ -36,9 +38,79 @@ GroupType = Literal["basic", "enterprise"]
 NicSide = Literal["intranet", "internet"]
 
 # Names end up in nftables counter comments (128 bytes at most), see docs/DECISIONS.md.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$")
-RULE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,47}$")
-IFNAME_RE = re.compile(r"^[^\s/:|\"]{1,15}$")
+# Matched whole (``fullmatch``): ``$`` would also match before a trailing newline.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,47}")
+RULE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,47}")
+IFNAME_MAX_BYTES = 15
+# Refused in interface names besides what the kernel refuses: nftables gives ``*`` and ``\``
+# meaning (wildcard, escape), its quoted strings cannot carry ``"``, ``|`` separates the fields
+# of a counter comment, and the kernel expands ``%`` into a number (``eth%d``), so no interface
+# is ever called by such a name.  See docs/DECISIONS.md.
+_IFNAME_REFUSED = {"/": "a slash", ":": "a colon", "*": "a '*' (an nftables wildcard)",
+                   "\\": "a backslash (an nftables escape)",
+                   '"': "a double quote (nftables strings cannot carry it)",
+                   "|": "a '|' (it separates the fields of counter comments)",
+                   "%": "a '%' (the kernel makes a number of it: no interface is called so)"}
+SHOWN_CHARS = 40
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, SHOWN_CHARS, SHOWN_CHARS, SHOWN_CHARS
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 6
+
+
+def shown(value: Any) -> str:
+    """``value`` as an error message quotes it: at most a short prefix, then the total length
+    (SEMANTICS section 7), so that no document can make its error messages large."""
+    if isinstance(value, str):
+        if len(value) <= SHOWN_CHARS:
+            return repr(value)
+        return f"{value[:SHOWN_CHARS]!r}... ({len(value)} characters)"
+    if isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) < 10 ** SHOWN_CHARS:
+            return str(value)
+        if value.bit_length() > 10_000:  # str() of it would be slow, or refused
+            return f"an integer of {value.bit_length()} bits"
+        digits = str(value)
+        return f"{digits[:SHOWN_CHARS]}... ({len(digits.lstrip('-'))} digits)"
+    try:
+        text = _REPR.repr(value)
+    except ValueError:  # an integer too long to print, inside a container
+        text = f"a {type(value).__name__}"
+    if len(text) > 2 * SHOWN_CHARS:
+        text = text[:2 * SHOWN_CHARS] + "..."
+    if isinstance(value, (list, tuple, dict)) and len(value) > 6:
+        text += f" ({len(value)} items)"
+    return text
+
+
+def interface_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a managed NIC's name (SEMANTICS section 1), or None if it can.
+
+    What the kernel takes (``dev_valid_name``): 1-15 bytes, not ``.`` or ``..``, no ``/``,
+    ``:`` or space -- where the kernel's ``isspace`` is bytewise and includes 0xa0, so a
+    character whose UTF-8 holds that byte (``à``) is refused by it too.  Further: no control
+    characters, nothing nftables or the counter comments give meaning, and never ``lo``."""
+    try:
+        raw = name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "it is not UTF-8 text (a lone surrogate)"
+    if not 1 <= len(raw) <= IFNAME_MAX_BYTES:
+        return f"it is {len(raw)} bytes of UTF-8 (an interface name is 1-{IFNAME_MAX_BYTES} bytes)"
+    if name in (".", ".."):
+        return "the kernel refuses '.' and '..'"
+    if name == "lo":
+        return "it is loopback, which sgagent never touches"
+    for ch in name:
+        if ch in _IFNAME_REFUSED:
+            return f"it contains {_IFNAME_REFUSED[ch]}"
+        if ch.isspace():
+            return f"it contains whitespace ({ch!r})"
+        if unicodedata.category(ch) == "Cc":
+            return f"it contains a control character ({ch!r})"
+        if 0xA0 in ch.encode():
+            return (f"it contains {ch!r}, whose UTF-8 holds byte 0xa0, which the kernel counts "
+                    f"as a space")
+    return None
+
 
 _DIRECTIONS = {"inbound": "inbound", "ingress": "inbound", "in": "inbound",
                "outbound": "outbound", "egress": "outbound", "out": "outbound"}
@@ -107,15 +179,15 @@ _ACCOUNT_SCHEMA = WithJsonSchema({"type": ["string", "integer", "null"],
 def _enum(table: dict[str, str], what: str):
     def parse(value: Any) -> Any:
         if isinstance(value, bool):
-            raise ValueError(f"{value!r} is not a {what} (one of {', '.join(sorted(set(table.values())))})")
+            raise ValueError(f"{shown(value)} is not a {what} (one of {', '.join(sorted(set(table.values())))})")
         if isinstance(value, int):
             value = str(value)
         if not isinstance(value, str):
-            raise ValueError(f"{value!r} is not a {what}")
+            raise ValueError(f"{shown(value)} is not a {what}")
         key = value.strip().lower()
         if key not in table:
             raise ValueError(
-                f"{value!r} is not a {what} (one of {', '.join(sorted(set(table.values())))})"
+                f"{shown(value)} is not a {what} (one of {', '.join(sorted(set(table.values())))})"
             )
         return table[key]
     return parse
@@ -127,8 +199,10 @@ def _lower(value: Any) -> Any:
 
 def _port(text: str) -> int:
     text = text.strip()
-    if not re.fullmatch(r"[+-]?\d+", text):
-        raise ValueError(f"{text!r} is not a port (1..65535)")
+    if not re.fullmatch(r"[+-]?[0-9]+", text):
+        raise ValueError(f"{shown(text)} is not a port (1..65535)")
+    if len(text) > 12:  # int() of a long run of digits is slow, or refused
+        raise ValueError(f"{shown(text)} is not a port (1..65535)")
     port = int(text)
     if not 1 <= port <= 65535:
         raise ValueError(f"{port} is not a port (1..65535)")
@@ -140,13 +214,13 @@ def parse_ports(value: Any) -> tuple[PortRange, ...] | None:
     if value is None:
         return None
     if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a port range")
+        raise ValueError(f"{shown(value)} is not a port range")
     if isinstance(value, int):
         value = str(value)
     if isinstance(value, (list, tuple)):
         parts = [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
         if not parts or not all(isinstance(p, str) for p in parts):
-            raise ValueError(f"{value!r} is not a port list")
+            raise ValueError(f"{shown(value)} is not a port list")
         out: list[PortRange] = []
         for p in parts:
             parsed = parse_ports(p)
@@ -155,7 +229,7 @@ def parse_ports(value: Any) -> tuple[PortRange, ...] | None:
             out.extend(parsed)
         return _merge(out)
     if not isinstance(value, str):
-        raise ValueError(f"{value!r} is not a port range")
+        raise ValueError(f"{shown(value)} is not a port range")
     text = value.strip()
     if text.upper() in ("ALL", "-1/-1", "-1", "*", ""):
         if text == "":
@@ -168,11 +242,11 @@ def parse_ports(value: Any) -> tuple[PortRange, ...] | None:
         if m and not item.startswith("-"):
             lo, hi = _port(m.group(1)), _port(m.group(2))
         elif m and item.startswith("-"):
-            raise ValueError(f"{item!r} is not a port range (use -1/-1 for all ports)")
+            raise ValueError(f"{shown(item)} is not a port range (use -1/-1 for all ports)")
         else:
             lo = hi = _port(item)
         if lo > hi:
-            raise ValueError(f"{item!r}: low port {lo} is above high port {hi}")
+            raise ValueError(f"{shown(item)}: low port {lo} is above high port {hi}")
         ranges.append((lo, hi))
     return _merge(ranges)
 
@@ -190,15 +264,15 @@ def _merge(ranges: list[PortRange]) -> tuple[PortRange, ...]:
 
 def parse_network(value: Any) -> IPNetwork:
     if not isinstance(value, str):
-        raise ValueError(f"{value!r} is not a CIDR or address")
+        raise ValueError(f"{shown(value)} is not a CIDR or address")
     try:
         return ipaddress.ip_network(value.strip(), strict=True)
     except ValueError as exc:
         try:
             ipaddress.ip_network(value.strip(), strict=False)
         except ValueError:
-            raise ValueError(f"{value!r} is not a CIDR or address") from exc
-        raise ValueError(f"{value!r} has host bits set (did you mean "
+            raise ValueError(f"{shown(value)} is not a CIDR or address") from exc
+        raise ValueError(f"{shown(value)} has host bits set (did you mean "
                          f"{ipaddress.ip_network(value.strip(), strict=False)}?)") from exc
 
 
@@ -317,7 +391,7 @@ class _Matchable(Strict):
     @classmethod
     def _service(cls, v: str | None) -> str | None:
         if v is not None and v not in SERVICES:
-            raise ValueError(f"{v!r} is not a service (one of {', '.join(SERVICES)})")
+            raise ValueError(f"{shown(v)} is not a service (one of {', '.join(SERVICES)})")
         return v
 
     # Checks across fields are field validators where they can be (fields are validated in
@@ -387,21 +461,21 @@ class Rule(_Matchable):
     @field_validator("id")
     @classmethod
     def _id(cls, v: str | None) -> str | None:
-        if v is not None and not RULE_ID_RE.match(v):
-            raise ValueError(f"{v!r} is not a rule id (1-48 of A-Z a-z 0-9 _ . : @ / -)")
+        if v is not None and not RULE_ID_RE.fullmatch(v):
+            raise ValueError(f"{shown(v)} is not a rule id (1-48 of A-Z a-z 0-9 _ . : @ / -)")
         return v
 
     @field_validator("priority", mode="before")
     @classmethod
     def _priority(cls, v: Any) -> Any:
         if isinstance(v, bool) or not isinstance(v, (int, str)):
-            raise ValueError(f"{v!r} is not a priority (1..100)")
+            raise ValueError(f"{shown(v)} is not a priority (1..100)")
         try:
             p = int(v)
         except ValueError:
-            raise ValueError(f"{v!r} is not a priority (1..100)") from None
+            raise ValueError(f"{shown(v)} is not a priority (1..100)") from None
         if not 1 <= p <= 100:
-            raise ValueError(f"{p} is not a priority (1..100)")
+            raise ValueError(f"{shown(p)} is not a priority (1..100)")
         return p
 
 
@@ -443,7 +517,7 @@ class SecurityGroup(Strict):
                     raise ValueError
                 out.append(ipaddress.ip_address(m.strip().removesuffix("/32").removesuffix("/128")))
             except ValueError:
-                problems.append((k, f"{m!r} is not an address"))
+                problems.append((k, f"{shown(m)} is not an address"))
         if problems:
             raise _field_errors("members", v, problems)
         return tuple(out)
@@ -471,8 +545,9 @@ class Nic(Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not IFNAME_RE.match(v):
-            raise ValueError(f"{v!r} is not an interface name (1-15 chars, no space / : | \")")
+        problem = interface_name_problem(v)
+        if problem is not None:
+            raise ValueError(f"{shown(v)} is not an interface name: {problem}")
         return v
 
 
@@ -508,8 +583,8 @@ class Document(Strict):
     @classmethod
     def _names(cls, v: dict[str, SecurityGroup]) -> dict[str, SecurityGroup]:
         for name in v:
-            if not NAME_RE.match(name):
-                raise ValueError(f"{name!r} is not a group name (1-48 of A-Z a-z 0-9 _ . -)")
+            if not NAME_RE.fullmatch(name):
+                raise ValueError(f"{shown(name)} is not a group name (1-48 of A-Z a-z 0-9 _ . -)")
         return v
 
     # --- derived views, used by evaluator and compiler alike ---

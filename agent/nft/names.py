@@ -2,7 +2,8 @@
 
 nftables identifiers cannot be quoted, so names are built from a safe alphabet; the full
 identity of a counter travels in its comment (at most 128 bytes), which ``status`` and the
-metrics collector decode.
+metrics collector decode.  Every string that goes into ruleset text (interface names, comments)
+goes through :func:`nft_string`, and only through it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ from ..ir import CounterKey
 TABLE = "sgagent"
 FAMILY = "inet"
 COMMENT_MAX = 127
-_SAFE = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
+_SAFE = re.compile(r"[A-Za-z0-9_.-]{1,200}")
+# What a quoted nftables string cannot carry exactly: it has no escapes, so a '"' ends it; a
+# backslash escapes a '*', and a '*' at the end of an interface name is a wildcard; a newline
+# or other control character breaks the listing ``nft list`` prints (and reads back);
+# surrogates are not text at all.
+_UNQUOTABLE = re.compile(r'["\\*\x00-\x1f\x7f-\x9f\ud800-\udfff]')
 _DIR = {"inbound": "in", "outbound": "out"}
 _UNDIR = {v: k for k, v in _DIR.items()}
 _POL = {"accept": "a", "drop": "d", "reject": "r"}
@@ -24,9 +30,18 @@ _UNPOL = {v: k for k, v in _POL.items()}
 
 
 def _safe(text: str) -> str:
-    if _SAFE.match(text):
+    if _SAFE.fullmatch(text):
         return text
     return "x" + hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def nft_string(text: str) -> str:
+    """``text`` as an nftables quoted string that stands for exactly ``text`` (never a
+    pattern).  Validation refuses every name this cannot render (``model.interface_name_problem``);
+    reaching the ValueError here is a bug, and it stops the ruleset from being built."""
+    if not text or _UNQUOTABLE.search(text):
+        raise ValueError(f"cannot be written as an nftables string exactly: {text[:40]!r}")
+    return f'"{text}"'
 
 
 def chain_name(nic: str, direction: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .names import FAMILY, TABLE
+from .names import FAMILY, TABLE, nft_string
 
 REF = f"{FAMILY} {TABLE}"
 
@@ -68,7 +68,7 @@ class Objects:
         """The whole table in nft's block syntax: what ``sgagent compile`` prints."""
         lines = [f"table {REF} {{"]
         for name, comment in self.counters.items():
-            lines.append(f"\tcounter {name} {{ comment {quote(comment)}; }}")
+            lines.append(f"\tcounter {name} {{ comment {nft_string(comment)}; }}")
         for name, s in self.sets.items():
             lines.append(f"\t{'map' if s.is_map else 'set'} {name} {s.body()}")
         for name, (header, rules) in self.chains.items():
@@ -110,7 +110,7 @@ class Objects:
         delete: list[str] = []    # chains, sets, counters that go
         for name, comment in self.counters.items():
             if name not in old.counters:
-                create.append(f"add counter {REF} {name} {{ comment {quote(comment)}; }}")
+                create.append(f"add counter {REF} {name} {{ comment {nft_string(comment)}; }}")
         for name, s in self.sets.items():
             kind = "map" if s.is_map else "set"
             o = old.sets.get(name)
@@ -155,7 +155,3 @@ class Objects:
         delete += [f"delete counter {REF} {n}" for n in old.counters if n not in self.counters]
         lines = new_chains + create + flush + unelem + recreate + elem + rules + delete
         return "\n".join(lines) + ("\n" if lines else "")
-
-
-def quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

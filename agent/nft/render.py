@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..allowances import DHCP_PORTS, LINK_ICMPV6
 from ..ir import Chain, CounterKey, Decision, GroupSet, Match, Ruleset
-from .names import chain_name, counter_comment, counter_name, set_name
+from .names import chain_name, counter_comment, counter_name, nft_string, set_name
 from .objects import Objects, SetDef
 
 L4 = {"tcp": "tcp", "udp": "udp", "icmp": "icmp", "icmpv6": "ipv6-icmp", "gre": "gre"}
@@ -53,7 +53,7 @@ def linear_body(chain: Chain, objs: Objects, groups) -> list[str]:
 def base_chains(rs: Ruleset) -> dict[str, tuple[str, tuple[str, ...]]]:
     def vmap(direction: str) -> str:
         verb = VERB[direction][0]
-        items = ", ".join(f'"{c.nic}" : jump {chain_name(c.nic, c.direction)}'
+        items = ", ".join(f"{nft_string(c.nic)} : jump {chain_name(c.nic, c.direction)}"
                           for c in rs.chains if c.direction == direction)
         return f"{verb} vmap {{ {items} }}" if items else ""
 
