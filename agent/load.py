@@ -4,37 +4,45 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 from pydantic import ValidationError
 
 from .checks import document_errors
-from .model import RULE_ID_RE, Document, SecurityGroup
+from .model import RULE_ID_RE, SHOWN_CHARS, Document, SecurityGroup, shown
 
 MAX_BYTES = 64 * 1024 * 1024
-# A host document nests about seven levels deep.  libyaml's C composer recurses once per level
-# without a limit, so a small file of "[[[[..." crashes the interpreter (SIGSEGV) instead of
-# raising; the nesting is checked on the (iterative) event stream before composing.
+# A host document nests about seven levels deep; the builder below is iterative, but what comes
+# after it (validation, comparison, repr) recurses, so nesting is bounded while reading.
 MAX_DEPTH = 200
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_OPEN = (yaml.SequenceStartEvent, yaml.MappingStartEvent)
-_CLOSE = (yaml.SequenceEndEvent, yaml.MappingEndEvent)
-
+# An error report lists at most this many errors, then how many more there are.
+MAX_ERRORS_SHOWN = 50
 
 class DocumentError(Exception):
-    """A document that cannot be enforced; ``errors`` lists each problem with its path."""
+    """A document that cannot be enforced; ``errors`` lists each problem with its path.
+
+    However many errors there are, what is printed or logged (:meth:`lines`, :meth:`render`,
+    ``str()``) names the first :data:`MAX_ERRORS_SHOWN` and then how many more."""
 
     def __init__(self, errors: list[str], source: str = "document"):
         self.errors = errors
         self.source = source
-        super().__init__(f"{source}: " + "; ".join(errors))
+        super().__init__(f"{source}: " + "; ".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        """The errors to show: the first :data:`MAX_ERRORS_SHOWN`, then a count of the rest."""
+        more = len(self.errors) - MAX_ERRORS_SHOWN
+        if more <= 0:
+            return list(self.errors)
+        return self.errors[:MAX_ERRORS_SHOWN] + [f"... and {more} more error{'s' if more != 1 else ''}"]
 
     def render(self) -> str:
         n = len(self.errors)
         head = f"{self.source}: refused, {n} error{'s' if n != 1 else ''}"
-        return "\n".join([head] + [f"  {e}" for e in self.errors])
+        return "\n".join([head] + [f"  {e}" for e in self.lines()])
 
 
 class UnreadableFile(DocumentError):
@@ -44,21 +52,34 @@ class UnreadableFile(DocumentError):
         return f"{self.source}: " + "; ".join(self.errors)
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_./@:-]{1,%d}" % SHOWN_CHARS)
+
+
 def format_loc(loc: tuple[Any, ...]) -> str:
+    """``security_groups.sg-web.rules[3].ports``; a key that is long or not plain text shows as
+    a short quoted prefix (a key can be anything a document holds)."""
     out = ""
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int) and not isinstance(part, bool):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            text = part if isinstance(part, str) and _PLAIN_KEY.fullmatch(part) else shown(part)
+            out += ("." if out else "") + text
     return out
 
 
 def _pydantic_errors(exc: ValidationError) -> list[str]:
     lines = []
+    errors = []
     for err in exc.errors(include_url=False):
         # Drop pydantic's internal location parts (union branch names, function-before, ...).
-        loc = tuple(p for p in err["loc"] if isinstance(p, int) or not _internal(str(p)))
+        errors.append((tuple(p for p in err["loc"] if isinstance(p, int) or not _internal(str(p))),
+                       err))
+    # "should have at least 1 item after validation, not 0" only repeats that its items failed
+    inner = {loc[:k] for loc, _ in errors for k in range(len(loc))}
+    for loc, err in errors:
+        if err["type"] == "too_short" and loc in inner:
+            continue
         msg = err["msg"]
         for prefix in ("Value error, ", "Assertion failed, "):
             if msg.startswith(prefix):
@@ -107,7 +128,7 @@ def _errors_beyond(data: dict, exc: ValidationError) -> list[str]:
             rid = old.get("id") if isinstance(old, dict) else None
             stand_in = {"direction": "outbound", "protocol": "tcp", "destination": "0.0.0.0/0",
                         **({"nic": "internet"} if classic else {})}
-            if isinstance(rid, str) and RULE_ID_RE.match(rid):
+            if isinstance(rid, str) and RULE_ID_RE.fullmatch(rid):
                 stand_in["id"] = rid
             patched["security_groups"][g]["rules"][i] = stand_in
         for i in bad_failsafe:
@@ -144,42 +165,254 @@ def parse_bytes(raw: bytes, source: str = "document",
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise DocumentError([f"(document): not UTF-8 text (byte {exc.start})"], source) from None
+    return parse(parse_text(text, source), source)
+
+
+def parse_text(text: str, source: str = "document", at: tuple = ()) -> Any:
+    """The plain data of a document's text: JSON, or YAML 1.2 without anchors, aliases or tags
+    (SEMANTICS section 7).  A key twice in one mapping is an error, in either.  ``at`` is where
+    the text sits in a larger document (an etcd key's part of it), for the errors' paths."""
     json_error: json.JSONDecodeError | None = None
-    try:
-        if text.lstrip().startswith("{"):
+    if text.lstrip().startswith("{"):
+        try:
+            data = json.loads(text, object_pairs_hook=_json_object, parse_constant=_json_constant)
+        except json.JSONDecodeError as exc:
+            json_error = exc  # perhaps a YAML flow mapping: {version: 1, ...}
+        except (_JsonProblem, ValueError, RecursionError) as exc:
+            # A key twice, NaN, an integer too long, deep nesting: the YAML reading of the same
+            # text names the line and column (JSON is YAML 1.2); if it cannot, the JSON problem
+            # is reported as it is.
+            problem = exc.args[0] if isinstance(exc, _JsonProblem) else \
+                "nested too deeply" if isinstance(exc, RecursionError) else \
+                "an integer of more than 4300 digits"
             try:
-                return parse(json.loads(text), source)
-            except json.JSONDecodeError as exc:
-                json_error = exc  # perhaps a YAML flow mapping: {version: 1, ...}
-        _check_depth(text, source)
-        data = yaml.load(text, Loader=_Loader)
+                _yaml_data(text, at)
+            except _YamlProblem as yexc:
+                raise DocumentError([yexc.args[0]], source) from None
+            except yaml.YAMLError:
+                pass
+            raise DocumentError([f"{_where(at)}: not valid JSON: {problem}"], source) from None
+        else:
+            if text.count("[") + text.count("{") > MAX_DEPTH and _too_deep(data):
+                raise DocumentError([f"{_where(at)}: nested more than {MAX_DEPTH} levels deep"],
+                                    source)
+            return data
+    try:
+        return _yaml_data(text, at)
+    except _YamlProblem as exc:
+        raise DocumentError([exc.args[0]], source) from None
     except yaml.YAMLError as exc:
         if json_error is not None:  # neither JSON nor YAML: the JSON error is the one that helps
-            raise DocumentError([f"(document): not valid JSON: {json_error.msg} at line "
+            raise DocumentError([f"{_where(at)}: not valid JSON: {json_error.msg} at line "
                                  f"{json_error.lineno} column {json_error.colno}"], source) from None
         mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise DocumentError([f"(document): not valid YAML: {problem}{where}"], source) from None
-    except RecursionError:
-        raise DocumentError(["(document): nested too deeply"], source) from None
-    return parse(data, source)
+        raise DocumentError([f"{_where(at)}: not valid YAML: {problem}{_at_mark(mark)}"],
+                            source) from None
 
 
-def _check_depth(text: str, source: str) -> None:
-    # Every collection starts at its own indicator character; with few of them the document
-    # cannot nest deeply and the extra pass is skipped.
-    if sum(text.count(c) for c in "[{-:?") <= MAX_DEPTH:
-        return
-    depth = 0
-    for event in yaml.parse(text, Loader=_Loader):
-        if isinstance(event, _OPEN):
-            depth += 1
-            if depth > MAX_DEPTH:
-                raise DocumentError([f"(document): nested more than {MAX_DEPTH} levels deep"],
-                                    source)
-        elif isinstance(event, _CLOSE):
-            depth -= 1
+def _too_deep(data: Any) -> bool:
+    """Whether JSON data nests more than MAX_DEPTH levels (a walk with an explicit stack)."""
+    todo = [(data, 1)]
+    while todo:
+        obj, depth = todo.pop()
+        items = obj.values() if type(obj) is dict else obj
+        for v in items:
+            if type(v) is dict or type(v) is list:
+                if depth >= MAX_DEPTH:
+                    return True
+                todo.append((v, depth + 1))
+    return False
+
+
+def _where(at: tuple) -> str:
+    return format_loc(at) or "(document)"
+
+
+def _at_mark(mark) -> str:
+    return f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+
+
+class _JsonProblem(Exception):
+    """A JSON object with a key twice, or a NaN/Infinity (not JSON numbers)."""
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _JsonProblem(f"key {shown(key)} appears twice in one object")
+            seen.add(key)
+    return obj
+
+
+def _json_constant(name: str) -> Any:
+    raise _JsonProblem(f"{name} is not a JSON number")
+
+
+# -- YAML 1.2 without anchors, aliases or tags ---------------------------------------------------
+#
+# The document is built straight from libyaml's event stream (no node graph, no constructor):
+# an alias, anchor or tag is refused where it appears, so nothing is ever expanded; the build is
+# a loop with an explicit stack, so nesting costs no recursion; a key is checked against the
+# mapping it goes into as it arrives.  Plain scalars are resolved by the YAML 1.2 core schema:
+# null, true/false, decimal/0o octal/0x hex integers and floats; everything else (``yes``,
+# ``on``, ``1:20``, ``2024-01-01``, ``1_000``) is a string, and ``0755`` is the decimal 755.
+
+try:
+    from yaml.cyaml import CParser as _Parser
+except ImportError:  # PyYAML without libyaml: the same events, in Python
+    _Parser = yaml.SafeLoader  # type: ignore[assignment, misc]
+_WORDS: dict[str, Any] = {"": None, "~": None, "null": None, "Null": None, "NULL": None,
+                          "true": True, "True": True, "TRUE": True,
+                          "false": False, "False": False, "FALSE": False}
+_RESOLVED_FIRST = frozenset("~nNtTfF0123456789+-.")   # plain scalars that may not be strings
+_NUMBER = re.compile(r"(?P<int>[-+]?[0-9]+)|0o(?P<oct>[0-7]+)|0x(?P<hex>[0-9a-fA-F]+)"
+                     r"|(?P<float>[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?)"
+                     r"|(?P<inf>[-+]?\.(?:inf|Inf|INF))|(?P<nan>\.(?:nan|NaN|NAN))")
+_INT_LIMIT = 10 ** 4300   # as for JSON: Python reads no longer decimal integers
+_NOKEY = object()
+
+
+class _YamlProblem(Exception):
+    """A YAML document outside the subset; its one argument is the whole message."""
+
+
+def _yaml_data(text: str, at: tuple = ()) -> Any:
+    parser = _Parser(text)
+    try:
+        return _build(parser.get_event, at)
+    finally:
+        parser.dispose()
+
+
+def _build(next_event: Callable[[], Any], at: tuple) -> Any:
+    scalar, alias = yaml.ScalarEvent, yaml.AliasEvent
+    map_start, seq_start = yaml.MappingStartEvent, yaml.SequenceStartEvent
+    map_end, seq_end = yaml.MappingEndEvent, yaml.SequenceEndEvent
+    next_event()                                    # StreamStartEvent
+    ev = next_event()
+    if type(ev) is yaml.StreamEndEvent:
+        return None                                 # nothing but comments, or nothing
+    _check_directives(ev, at)                       # DocumentStartEvent
+    root: Any = _NOKEY
+    stack: list[list] = []                          # [container, key being filled (maps)]
+    while True:
+        ev = next_event()
+        kind = type(ev)
+        if kind is scalar:
+            if ev.anchor is not None or ev.tag is not None:
+                raise _YamlProblem(_not_subset(ev, stack, at))
+            value = ev.value
+            if ev.implicit[0] and (not value or value[0] in _RESOLVED_FIRST):
+                value = _resolve(value, ev, stack, at)
+        elif kind is map_start or kind is seq_start:
+            if ev.anchor is not None or ev.tag is not None:
+                raise _YamlProblem(_not_subset(ev, stack, at))
+            if stack and stack[-1][1] is _NOKEY and type(stack[-1][0]) is dict:
+                raise _YamlProblem(f"{_path(stack, at)}: a mapping key is a collection"
+                                   f"{_at_mark(ev.start_mark)}; keys are scalars")
+            if len(stack) >= MAX_DEPTH:
+                raise _YamlProblem(f"{_where(at)}: nested more than {MAX_DEPTH} levels deep"
+                                   f"{_at_mark(ev.start_mark)}")
+            stack.append([{} if kind is map_start else [], _NOKEY])
+            continue
+        elif kind is map_end or kind is seq_end:
+            value = stack.pop()[0]
+        elif kind is alias:
+            raise _YamlProblem(_not_subset(ev, stack, at))
+        else:                                       # DocumentEndEvent: one document only
+            ev = next_event()
+            if type(ev) is not yaml.StreamEndEvent:
+                raise _YamlProblem(f"{_where(at)}: not valid YAML: expected a single document, "
+                                   f"found another document{_at_mark(ev.start_mark)}")
+            return root
+        if not stack:
+            root = value
+            continue
+        frame = stack[-1]
+        container = frame[0]
+        if type(container) is list:
+            container.append(value)
+        elif frame[1] is _NOKEY:
+            if value in container:
+                raise _YamlProblem(_twice(value, container, ev, stack, at))
+            frame[1] = value
+        else:
+            container[frame[1]] = value
+            frame[1] = _NOKEY
+
+
+def _resolve(text: str, ev: Any, stack: list[list], at: tuple) -> Any:
+    """A plain scalar by the YAML 1.2 core schema (only called for the ones that may not be
+    strings: the others start with a letter that begins no null, bool or number)."""
+    word = _WORDS.get(text, _NOKEY)
+    if word is not _NOKEY:
+        return word
+    m = _NUMBER.fullmatch(text)
+    if m is None:
+        return text
+    kind = m.lastgroup
+    try:
+        if kind == "int":
+            return int(text)
+        if kind == "oct" or kind == "hex":
+            n = int(m.group(kind), 8 if kind == "oct" else 16)
+            if n >= _INT_LIMIT:
+                raise ValueError
+            return n
+    except ValueError:
+        raise _YamlProblem(f"{_path(stack, at, value=True)}: an integer of more than 4300 digits"
+                           f"{_at_mark(ev.start_mark)}") from None
+    if kind == "float":
+        return float(text)
+    if kind == "inf":
+        return float("-inf") if text[0] == "-" else float("inf")
+    return float("nan")
+
+
+def _twice(key: Any, mapping: dict, ev: Any, stack: list[list], at: tuple) -> str:
+    same = next(k for k in mapping if k == key)
+    what = f"key {shown(key)} appears twice" if type(same) is type(key) else \
+        f"key {shown(key)} is the same as the key {shown(same)} before it"
+    return f"{_path(stack, at)}: {what} in one mapping{_at_mark(ev.start_mark)}"
+
+
+def _check_directives(ev: Any, at: tuple) -> None:
+    if ev.version not in (None, (1, 2)):
+        raise _YamlProblem(f"{_where(at)}: %YAML {ev.version[0]}.{ev.version[1]}"
+                           f"{_at_mark(ev.start_mark)}: documents are YAML 1.2")
+    if ev.tags:
+        raise _YamlProblem(f"{_where(at)}: a %TAG directive{_at_mark(ev.start_mark)}: tags are "
+                           f"not accepted (SEMANTICS section 7)")
+
+
+def _not_subset(ev: Any, stack: list[list], at: tuple) -> str:
+    where = f"{_path(stack, at, value=True)}: "
+    mark = _at_mark(ev.start_mark)
+    if type(ev) is yaml.AliasEvent:
+        return (f"{where}an alias (*{ev.anchor[:SHOWN_CHARS]}){mark}: anchors and aliases are "
+                f"not accepted, write the value out")
+    if ev.anchor is not None:
+        return (f"{where}an anchor (&{ev.anchor[:SHOWN_CHARS]}){mark}: anchors and aliases are "
+                f"not accepted, write the value out")
+    tag = ev.tag.replace("tag:yaml.org,2002:", "!!", 1)
+    return f"{where}a tag ({tag[:SHOWN_CHARS]}){mark}: tags are not accepted"
+
+
+def _path(stack: list[list], at: tuple, value: bool = False) -> str:
+    """The path of the innermost mapping or list being built; ``value``: of the next value in
+    it instead (its key or index added)."""
+    loc = list(at)
+    frames = stack if value else stack[:-1]
+    for container, key in frames:
+        if type(container) is list:
+            loc.append(len(container))
+        elif key is not _NOKEY:
+            loc.append(key)
+    return _where(tuple(loc))
 
 
 def read_file(path: str | Path, limit: int) -> bytes:

@@ -39,10 +39,9 @@ import time
 from typing import Any, Iterator
 from urllib.parse import urlsplit
 
-import yaml
 from etcd3gw.client import Etcd3Client
 
-from ..load import DocumentCache, DocumentError, _check_depth, _Loader
+from ..load import DocumentCache, DocumentError, format_loc, parse_data, parse_text
 from .config import EtcdSource as EtcdConfig
 from .sources import (BEAT_EVERY, Backoff, Emit, Invalid, Snapshot, Source, Unavailable,
                       Unchanged)
@@ -415,7 +414,8 @@ class EtcdSource(Source):
             return
         try:
             data = self.assemble()
-            raw = json.dumps(data, indent=1, sort_keys=True, default=str).encode()
+            # No alias survives the reading, so this is no bigger than the values themselves.
+            raw = _document_json(data, origin)
         except DocumentError as exc:
             self._last_kind, self._last_digest = "invalid", None
             self._emit(Invalid(exc, origin))
@@ -438,7 +438,7 @@ class EtcdSource(Source):
     def assemble(self) -> dict[str, Any]:
         """The host document: the binding plus every group it needs, as plain data."""
         errors: list[str] = []
-        host = _parse_value(self._host_value or b"", "host", errors)
+        host = _parse_value(self._host_value or b"", ("host",), errors)
         if errors:
             raise DocumentError(errors, self.description)
         if not isinstance(host, dict):
@@ -455,7 +455,7 @@ class EtcdSource(Source):
             name = todo.pop(0)
             if name in groups or name not in self._groups:
                 continue  # a missing group is reported by validation, with its path
-            data = _parse_value(self._groups[name], f"security_groups.{name}", errors)
+            data = _parse_value(self._groups[name], ("security_groups", name), errors)
             groups[name] = data
             todo.extend(_referenced_groups(data))
         if errors:
@@ -463,25 +463,29 @@ class EtcdSource(Source):
         return {"version": 1, "host": host, "security_groups": groups}
 
 
-def _parse_value(raw: bytes, path: str, errors: list[str]) -> Any:
+def _document_json(data: dict[str, Any], origin: str) -> bytes:
+    """The assembled document as the JSON that is digested and saved as last known good.  A
+    mapping key that is not text (``1: x``) cannot be sorted, and is no host document either:
+    validation says where it is."""
+    try:
+        return json.dumps(data, indent=1, sort_keys=True).encode()
+    except (TypeError, ValueError):
+        parse_data(data, origin)  # raises DocumentError naming the key
+        raise DocumentError(["(document): a mapping key is not text"], origin) from None
+
+
+def _parse_value(raw: bytes, at: tuple[str, ...], errors: list[str]) -> Any:
+    """One key's value, read as a host document is (JSON, or YAML 1.2 without anchors, aliases
+    or tags; a key twice is an error): nothing in it is expanded, ever."""
     if len(raw) > MAX_VALUE:
-        errors.append(f"{path}: {len(raw)} bytes is over the {MAX_VALUE} byte limit")
+        errors.append(f"{format_loc(at)}: {len(raw)} bytes is over the {MAX_VALUE} byte limit")
         return None
     try:
-        text = raw.decode("utf-8")
-        _check_depth(text, path)
-        return yaml.load(text, Loader=_Loader)
+        return parse_text(raw.decode("utf-8"), at=at)
     except UnicodeDecodeError as exc:
-        errors.append(f"{path}: not UTF-8 text (byte {exc.start})")
+        errors.append(f"{format_loc(at)}: not UTF-8 text (byte {exc.start})")
     except DocumentError as exc:
-        errors.extend(f"{path}: {e.removeprefix('(document): ')}" for e in exc.errors)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        errors.append(f"{path}: not valid YAML: {problem}{where}")
-    except RecursionError:
-        errors.append(f"{path}: nested too deeply")
+        errors.extend(exc.errors)
     return None
 
 
