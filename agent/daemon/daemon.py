@@ -24,7 +24,6 @@ watchdog, a source that makes no progress ends the daemon with status 1 instead.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import queue
@@ -41,7 +40,7 @@ from .config import Config
 from .sdnotify import Notifier
 from .sources import (Invalid, Snapshot, Source, SourceEvent, Unavailable, Unchanged, describe,
                       make_source)
-from .state import StateStore
+from .state import Saved, StateStore
 
 try:
     from ..metrics import AgentStats, MetricsServer, build_registry
@@ -90,6 +89,7 @@ class Daemon:
         self.revoker: Any = None
         self.source: Source | None = None
         self.metrics_server: Any = None
+        self.monitor: Any = None
         self.applied: Applied | None = None
         self.desired: Snapshot | None = None
         self.ready = False
@@ -127,6 +127,7 @@ class Daemon:
         if self.cfg.revocation:
             from .revoke import Revoker
             self.revoker = Revoker(self.cfg.netns)
+        self._start_monitor()
         saved = self.store.saved_time()
         if saved is not None:
             self.stats.state_saved(saved)
@@ -140,7 +141,8 @@ class Daemon:
         self.source.start()
 
     def _close(self) -> None:
-        for what, fn in (("source", lambda: self.source and self.source.stop()),
+        for what, fn in (("monitor", lambda: self.monitor and self.monitor.close()),
+                         ("source", lambda: self.source and self.source.stop()),
                          ("metrics", lambda: self.metrics_server and self.metrics_server.close()),
                          ("revoker", lambda: self.revoker and self.revoker.close()),
                          ("backend", lambda: self.backend and self.backend.close())):
@@ -149,6 +151,19 @@ class Daemon:
             except Exception as exc:  # noqa: BLE001 - shutting down: keep going
                 log.debug("closing %s: %s", what, exc)
         self.notifier.close()
+
+    def _start_monitor(self) -> None:
+        """Listen for the kernel's notifications of changes to the table, so that drift is
+        repaired at once, not at the next full check (which stays as the backstop)."""
+        from ..nft.monitor import TableMonitor
+        monitor = TableMonitor(self.cfg.netns, self.request_drift_check)
+        try:
+            monitor.start()
+        except Exception as exc:  # noqa: BLE001 - enforcement goes on without it
+            log.error("cannot listen for changes of the sgagent table (%s): drift is repaired "
+                      "only every %gs", exc, self.cfg.resync_interval)
+            return
+        self.monitor = monitor
 
     def _start_metrics(self) -> None:
         m = self.cfg.metrics
@@ -334,12 +349,7 @@ class Daemon:
                  origin, why, rules, len(rs.nics), 1000 * dt, lat)
         if save:
             self._save(raw, digest, origin)
-        if not self.ready:
-            self.ready = True
-            self.notifier.ready(self._status_text())
-            log.info("ready: the kernel enforces the document from %s", origin)
-        else:
-            self._status()
+        self._ready(origin)
         self.stats.synced()
         if self.revoker is not None and (previous is None or previous.digest != digest
                                          or why == "repair"):
@@ -352,8 +362,11 @@ class Daemon:
         """Save the applied document as last known good. On failure the older saved document
         stays what a reboot restores: logged with that consequence, counted, shown in STATUS,
         and tried again at every full check until it works or a newer document replaces it."""
+        a = self.applied
+        live = self.backend.fingerprint(a.live_text) if a is not None and a.digest == digest \
+            else None
         try:
-            self.store.save(raw, origin)
+            self.store.save(raw, origin, live)
         except Exception as exc:  # noqa: BLE001 - OSError mostly; never stops enforcement
             self.stats.state_save_failed()
             why = (exc.strerror or str(exc)) if isinstance(exc, OSError) else describe(exc)
@@ -429,6 +442,8 @@ class Daemon:
         except DocumentError as exc:
             log.error("the saved document is unusable: %s", exc)
             return
+        if self._keep_live_table(saved, reason):
+            return
         if saved is None:
             log.warning("no usable document yet (%s) and nothing saved in %s; waiting for the "
                         "source", reason, self.cfg.state_dir)
@@ -437,6 +452,51 @@ class Daemon:
                     "(saved %s from %s)", reason, saved.saved_at, saved.origin)
         self._apply(saved.document, saved.raw, saved.digest,
                     f"last known good ({saved.origin})", "fallback", save=False)
+
+    def _keep_live_table(self, saved: Saved | None, reason: str) -> bool:
+        """At start, with no usable document from the source: if the kernel already enforces
+        an sgagent table (the boot restore's, or an earlier run's), keep it rather than load
+        the saved document over it -- the saved one may be older, if saving the last applied
+        one failed.  When the table is the saved document's (same fingerprint), the daemon
+        takes it as applied, so drift is repaired from then on; otherwise the live rules stay
+        as they are until the source answers.  False if there is no live table."""
+        try:
+            listing = self.backend.live_text()
+        except Exception as exc:  # noqa: BLE001 - then the saved document is applied
+            log.error("cannot read the live ruleset: %s", exc)
+            return False
+        if not listing:
+            return False
+        fingerprint = self.backend.fingerprint(listing)
+        if saved is not None and saved.live is not None and saved.live == fingerprint:
+            origin = f"last known good ({saved.origin})"
+            try:
+                rs = compile_document(saved.document)
+            except Exception as exc:  # noqa: BLE001
+                log.error("the saved document cannot be compiled: %s", exc)
+                return False
+            self.applied = Applied(saved.document, rs, saved.raw, saved.digest, origin,
+                                   listing, time.time())
+            log.warning("source not usable at start (%s): the kernel already enforces the last "
+                        "known good document (saved %s from %s); keeping it", reason,
+                        saved.saved_at, saved.origin)
+            self._ready(origin)
+            return True
+        what = "no document is saved" if saved is None else \
+            f"the saved document (saved {saved.saved_at} from {saved.origin}) is another one"
+        log.warning("source not usable at start (%s): the kernel already enforces an sgagent "
+                    "table and %s; keeping the live rules until the source answers (they are "
+                    "not checked for drift until then)", reason, what)
+        self._ready("the sgagent table already loaded")
+        return True
+
+    def _ready(self, origin: str) -> None:
+        if not self.ready:
+            self.ready = True
+            self.notifier.ready(self._status_text())
+            log.info("ready: the kernel enforces the document from %s", origin)
+        else:
+            self._status()
 
     def _resync(self) -> None:
         """The periodic full check: retry a refused document, repair drift, save the last
@@ -472,10 +532,13 @@ class Daemon:
         if not live:
             what = "the sgagent table is gone"
         else:
-            diff = [d for d in difflib.unified_diff(self.applied.live_text.splitlines(),
-                                                    live.splitlines(), lineterm="", n=0)
-                    if d[:1] in "+-" and d[:3] not in ("+++", "---")]
-            what = f"{len(diff)} lines differ, first: {diff[0].strip() if diff else '?'}"
+            # not difflib: it is quadratic (1.5 s for a 15,000-line listing)
+            had, has = self.applied.live_text.splitlines(), live.splitlines()
+            gone, came = set(had) - set(has), set(has) - set(had)
+            first = next((f"-{x}" for x in had if x in gone), None) or \
+                next((f"+{x}" for x in has if x in came), "?")
+            what = f"{len(gone) + len(came)} lines differ, first: {first.strip()}" \
+                if gone or came else "the same lines in another order"
         log.warning("drift: the live ruleset is not the one applied (%s); restoring it", what)
         a = self.applied
         if self._apply(a.doc, a.raw, a.digest, a.origin, "repair", save=False):

@@ -35,6 +35,7 @@ class Saved:
     origin: str
     saved_at: str
     digest: str
+    live: str | None = None   # fingerprint of the kernel's table it was saved from
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,10 @@ class StateStore:
         self.dir = Path(state_dir)
         self.path = self.dir / STATE_FILE
 
-    def save(self, raw: bytes, origin: str) -> None:
-        """Atomically replace the saved document with ``raw``."""
+    def save(self, raw: bytes, origin: str, live: str | None = None) -> None:
+        """Atomically replace the saved document with ``raw``; ``live`` is the fingerprint of
+        the table the kernel loaded from it (see ``NftBackend.fingerprint``), by which a
+        restarted daemon recognises that table as this document's."""
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         record = {
             "format": FORMAT,
@@ -64,6 +67,7 @@ class StateStore:
             "origin": origin,
             "digest": digest(raw),
             "document": raw.decode("utf-8"),
+            **({"live": live} if live else {}),
         }
         data = json.dumps(record, indent=1).encode() + b"\n"
         fd, tmp = tempfile.mkstemp(prefix=".last-good.", suffix=".tmp", dir=self.dir)
@@ -123,7 +127,9 @@ class StateStore:
             raw = record["document"].encode("utf-8")
             origin = str(record.get("origin", "?"))
             saved_at = str(record.get("saved_at", "?"))
+            live = record.get("live")
+            live = live if isinstance(live, str) else None
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise DocumentError([f"(state): not a saved document ({exc})"], str(self.path)) from None
         doc = parse_bytes(raw, f"{self.path} (saved from {origin})")
-        return Saved(doc, raw, origin, saved_at, digest(raw))
+        return Saved(doc, raw, origin, saved_at, digest(raw), live)

@@ -5,6 +5,7 @@ network namespace (every call then runs on a thread that entered it)."""
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -143,6 +144,15 @@ class NftBackend:
             if "No such file or directory" in str(exc):
                 return ""
             raise
+
+    @staticmethod
+    def fingerprint(listing: str) -> str | None:
+        """A digest of a table listing (:meth:`live_text`) that does not depend on the order
+        in which nft lists objects and set elements, so that the same ruleset loaded twice
+        (by the boot restore, then by the daemon) has the same one; None for no table."""
+        if not listing:
+            return None
+        return hashlib.sha256("".join(_normalised(listing)).encode()).hexdigest()
 
     # -- writing --------------------------------------------------------------------------
     def render(self, rs: Ruleset) -> Objects:
