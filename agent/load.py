@@ -68,7 +68,7 @@ def format_loc(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _pydantic_errors(exc: ValidationError) -> list[str]:
+def pydantic_errors(exc: ValidationError) -> list[str]:
     lines = []
     errors = []
     for err in exc.errors(include_url=False):
@@ -149,7 +149,7 @@ def parse_data(data: Any, source: str = "document") -> Document:
     try:
         doc = Document.model_validate(data)
     except ValidationError as exc:
-        raise DocumentError(_pydantic_errors(exc) + _errors_beyond(data, exc), source) from None
+        raise DocumentError(pydantic_errors(exc) + _errors_beyond(data, exc), source) from None
     errors = document_errors(doc)
     if errors:
         raise DocumentError(errors, source)

@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..load import DocumentError, _pydantic_errors, read_file
+from ..load import DocumentError, parse_text, pydantic_errors, read_file
 
 DEFAULT_CONFIG_PATH = "/etc/sgagent/agent.yaml"
 DEFAULT_DOCUMENT_PATH = "/etc/sgagent/host.yaml"
@@ -263,7 +262,7 @@ def parse_config(data: Any, source: str = "config") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise DocumentError(_pydantic_errors(exc), source) from None
+        raise DocumentError(pydantic_errors(exc), source) from None
 
 
 def load_config(path: str | Path) -> Config:
@@ -271,12 +270,9 @@ def load_config(path: str | Path) -> Config:
     if len(raw) > MAX_CONFIG_BYTES:
         raise DocumentError([f"(config): over {MAX_CONFIG_BYTES} bytes"], str(path))
     try:
-        data = yaml.safe_load(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise DocumentError([f"(config): not UTF-8 text (byte {exc.start})"], str(path)) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise DocumentError([f"(config): not valid YAML: {problem}{where}"], str(path)) from None
+    # the same input subset as host documents: no anchors, aliases or tags, no key twice
+    data = parse_text(text, str(path))
     return parse_config(data, str(path))

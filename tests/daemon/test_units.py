@@ -46,6 +46,19 @@ def test_example_config_is_valid_and_matches_the_defaults():
     assert cfg.metrics.port == 9469
 
 
+@pytest.mark.parametrize("text,problem", [
+    ("log_level: info\nlog_level: debug\n", "key 'log_level' appears twice"),
+    ("a: &x [1]\nb: *x\n", "anchors and aliases are not accepted"),
+    ("resync_interval: !!float 5\n", "tags are not accepted"),
+])
+def test_config_file_is_read_with_the_documents_input_subset(tmp_path, text, problem):
+    path = tmp_path / "agent.yaml"
+    path.write_text(text)
+    with pytest.raises(DocumentError) as e:
+        load_config(path)
+    assert problem in "; ".join(e.value.errors)
+
+
 def test_every_config_error_is_reported_with_its_path():
     with pytest.raises(DocumentError) as e:
         parse_config({"source": {"etcd": {"endpoints": ["nope"], "prefix": "x/"}},
