@@ -1,274 +1,23 @@
-"""The ``sgagent`` command line.  User errors: one clear message, exit 1, never a traceback."""
+"""The ``sgagent`` command line: the entry point.  User errors: one clear message, exit 1, never a
+traceback.
+
+Importing this module costs next to nothing: ``sgagent --version`` is answered here, before typer
+or pydantic is loaded, and every other command line goes to :mod:`sgagent.commands`, whose
+commands import only what each one needs."""
 
 from __future__ import annotations
 
-import errno
 import gc
-import ipaddress
-import json
 import sys
-from pathlib import Path
-from typing import Optional
-
-import typer
 
 from . import __version__
-from .compiler import compile_document
-from .evaluator import Packet, evaluate
-from .load import DocumentError, load_file
-from .model import Document
-
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Enforce cloud-style security groups with nftables.")
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(__version__)
-        raise typer.Exit(0)
-
-
-@app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="print the version and exit")) -> None:
-    """Enforce cloud-style security groups with nftables."""
-
-
-class UserError(Exception):
-    """A problem the user can fix; printed as one line, exit 1."""
-
-
-NetnsOpt = typer.Option(None, "--netns", help="work inside this named network namespace (ip netns)")
-
-
-def _load(path: Path) -> Document:
-    return load_file(path)
-
-
-def _backend(name: str, netns_name: str | None, rendering: str = "sets"):
-    if name != "nftables":
-        raise UserError(f"--backend: {name!r} is not a backend (available: nftables)")
-    from .nft.backend import NftBackend
-    return NftBackend(netns_name, _rendering(rendering))
-
-
-@app.command()
-def validate(file: Path = typer.Argument(..., help="host document (YAML or JSON)")) -> None:
-    """Check a host document; exit 0 if valid, 1 with every error and its path if not."""
-    doc = _load(file)
-    groups = len(doc.security_groups)
-    rules = sum(len(g.rules) for g in doc.security_groups.values())
-    typer.echo(f"{file}: valid ({len(doc.host.nics)} NICs, {groups} groups, {rules} rules)")
-
-
-@app.command()
-def schema() -> None:
-    """Print the host document's JSON Schema."""
-    from .model import Document as D
-    typer.echo(json.dumps(D.model_json_schema(mode="validation"), indent=2))
-
-
-RenderingOpt = typer.Option("sets", "--rendering",
-                            help="sets (verdict maps, constant per-packet cost) | linear")
-
-
-@app.command("compile")
-def compile_(file: Path = typer.Argument(..., help="host document"),
-             backend: str = typer.Option("nftables", help="nftables"),
-             rendering: str = RenderingOpt) -> None:
-    """Print the exact ruleset apply would load (needs no root)."""
-    if backend != "nftables":
-        raise UserError(f"--backend: {backend!r} is not a backend (available: nftables)")
-    from .nft.render import render
-    rs = compile_document(_load(file))
-    typer.echo(render(rs, _rendering(rendering)).text(), nl=False)
-
-
-def _rendering(name: str) -> str:
-    from .nft.render import RENDERINGS
-    if name not in RENDERINGS:
-        raise UserError(f"--rendering: {name!r} is not a rendering ({' | '.join(RENDERINGS)})")
-    return name
-
-
-@app.command()
-def apply(file: Path = typer.Argument(..., help="host document"),
-          netns: Optional[str] = NetnsOpt,
-          dry_run: bool = typer.Option(False, "--dry-run",
-                                       help="check with the kernel and show the diff; change nothing"),
-          backend: str = typer.Option("nftables", help="nftables"),
-          rendering: str = RenderingOpt) -> None:
-    """Apply a host document atomically."""
-    doc = _load(file)
-    rs = compile_document(doc)
-    with _backend(backend, netns, rendering) as be:
-        if dry_run:
-            be.apply(rs, dry_run=True)
-            diff = be.diff(rs)
-            typer.echo(diff if diff else "no change", nl=not diff)
-            typer.echo("dry run: the kernel accepts this ruleset; nothing was changed")
-            return
-        result = be.apply(rs)
-    decisions = sum(len(c.decisions) for c in rs.chains)
-    typer.echo(f"applied {file}: {decisions} rule decisions on {len(rs.nics)} NICs, "
-               f"{result.counters} counters")
-
-
-@app.command()
-def diff(file: Path = typer.Argument(..., help="host document"),
-         netns: Optional[str] = NetnsOpt,
-         backend: str = typer.Option("nftables", help="nftables"),
-         rendering: str = RenderingOpt) -> None:
-    """Show what apply would change in the live ruleset (exit 0 either way)."""
-    rs = compile_document(_load(file))
-    with _backend(backend, netns, rendering) as be:
-        out = be.diff(rs)
-    typer.echo(out if out else "no change", nl=not out)
-
-
-@app.command()
-def explain(file: Path = typer.Argument(..., help="host document"),
-            nic: str = typer.Option(..., "--nic", help="interface name"),
-            direction: str = typer.Option(..., "--direction", help="inbound | outbound"),
-            peer: str = typer.Option(..., "--peer", help="remote address"),
-            protocol: str = typer.Option(..., "--protocol", help="tcp | udp | icmp | icmpv6 | gre"),
-            port: Optional[int] = typer.Option(None, "--port", help="destination port"),
-            icmp_type: Optional[int] = typer.Option(None, "--icmp-type",
-                                                    help="ICMP type (default: echo request)"),
-            as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
-    """Which rule decides a packet, and the verdict."""
-    doc = _load(file)
-    pkt = make_packet(doc, nic, direction, peer, protocol, port, icmp_type)
-    v = evaluate(doc, pkt)
-    if as_json:
-        typer.echo(json.dumps({"verdict": v.verdict, "group": v.group, "rule": v.rule,
-                               "reason": v.reason}))
-    else:
-        who = f"{v.group}/{v.rule}" if v.group and not v.rule.startswith(v.group + "/") else v.rule
-        typer.echo(f"{v.verdict} (decided by {v.reason}: {who})")
-
-
-def make_packet(doc: Document, nic: str, direction: str, peer: str, protocol: str,
-                port: int | None, icmp_type: int | None) -> Packet:
-    names = [n.name for n in doc.host.nics]
-    if nic not in names:
-        raise UserError(f"--nic: {nic!r} is not a NIC of this host ({', '.join(names)})")
-    from .model import _DIRECTIONS  # the document's spellings: ingress, egress, in, out, ...
-    if direction.strip().lower() not in _DIRECTIONS:
-        raise UserError(f"--direction: {direction!r} is not inbound or outbound")
-    direction = _DIRECTIONS[direction.strip().lower()]
-    try:
-        addr = ipaddress.ip_address(peer)
-    except ValueError:
-        raise UserError(f"--peer: {peer!r} is not an IP address") from None
-    protocol = protocol.lower()
-    if protocol not in ("tcp", "udp", "icmp", "icmpv6", "gre"):
-        raise UserError(f"--protocol: {protocol!r} is not tcp, udp, icmp, icmpv6 or gre")
-    if protocol == "icmp" and addr.version == 6 or protocol == "icmpv6" and addr.version == 4:
-        raise UserError(f"--protocol: {protocol} does not go with an IPv{addr.version} peer")
-    if protocol in ("tcp", "udp"):
-        if port is None:
-            raise UserError(f"--port: {protocol} needs a port")
-        if not 1 <= port <= 65535:
-            raise UserError(f"--port: {port} is not a port (1..65535)")
-    elif port is not None:
-        raise UserError(f"--port: {protocol} has no ports")
-    if protocol in ("icmp", "icmpv6"):
-        if icmp_type is None:
-            icmp_type = 8 if protocol == "icmp" else 128
-        if not 0 <= icmp_type <= 255:
-            raise UserError(f"--icmp-type: {icmp_type} is not an ICMP type (0..255)")
-    elif icmp_type is not None:
-        raise UserError("--icmp-type: only for icmp and icmpv6")
-    return Packet(nic, direction, addr, protocol, port, icmp_type)  # type: ignore[arg-type]
-
-
-@app.command()
-def status(netns: Optional[str] = NetnsOpt,
-           as_json: bool = typer.Option(False, "--json", help="print JSON"),
-           backend: str = typer.Option("nftables", help="nftables")) -> None:
-    """Live rules with their packet and byte counts."""
-    from .nft.netlink import NetlinkError
-    with _backend(backend, netns) as be:
-        try:
-            readings = be.counters()
-        except NetlinkError as exc:
-            if exc.errno == errno.EPERM:
-                raise UserError("the kernel said 'Operation not permitted': run as root "
-                                "(needs CAP_NET_ADMIN)") from None
-            raise UserError(str(exc)) from None
-    rows = [{"group": r.key.group, "rule": r.key.rule, "nic": r.key.nic,
-             "direction": r.key.direction, "policy": r.key.policy,
-             "packets": r.packets, "bytes": r.bytes} for r in readings]
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2))
-        return
-    if not rows:
-        typer.echo("no sgagent ruleset is loaded")
-        return
-    cols = ["nic", "direction", "group", "rule", "policy", "packets", "bytes"]
-    table = [[str(r[c]) if r[c] is not None else "-" for c in cols] for r in rows]
-    widths = [max(len(c), *(len(t[i]) for t in table)) for i, c in enumerate(cols)]
-    typer.echo("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths)).rstrip())
-    for t in table:
-        typer.echo("  ".join(v.ljust(w) for v, w in zip(t, widths)).rstrip())
-
-
-@app.command()
-def flush(netns: Optional[str] = NetnsOpt,
-          backend: str = typer.Option("nftables", help="nftables")) -> None:
-    """Remove everything sgagent owns, nothing else."""
-    with _backend(backend, netns) as be:
-        removed = be.flush()
-    typer.echo("removed the sgagent table" if removed else "nothing to remove")
-
-
-@app.command()
-def verify(file: Path = typer.Argument(..., help="host document"),
-           timeout: float = typer.Option(1.0, help="seconds to wait for an answer to a probe"),
-           as_json: bool = typer.Option(False, "--json", help="print the results as JSON")) -> None:
-    """Prove a document with real packets in a throw-away sandbox of namespaces."""
-    from .verify import run_verify
-    doc = _load(file)
-    ok = run_verify(doc, timeout=timeout, as_json=as_json, echo=typer.echo)
-    if not ok:
-        raise typer.Exit(1)
-
-
-@app.command()
-def run(config: Optional[Path] = typer.Option(
-        None, "--config", "-c",
-        help="daemon config (default: a file source at /etc/sgagent/host.yaml)")) -> None:
-    """Run the agent daemon: follow the source and keep the kernel in step (docs/DAEMON.md)."""
-    from .daemon.config import default_config, load_config
-    from .daemon.daemon import run as run_daemon
-    cfg = load_config(config) if config is not None else default_config()
-    rc = run_daemon(cfg)
-    if rc:
-        raise typer.Exit(rc)
-
-
-@app.command(hidden=True)
-def restore(config: Optional[Path] = typer.Option(None, "--config", "-c",
-                                                  help="daemon config (for state_dir, netns)"),
-            state_dir: Optional[str] = typer.Option(None, "--state-dir",
-                                                    help="overrides the config's state_dir"),
-            netns: Optional[str] = NetnsOpt,
-            force: bool = typer.Option(False, "--force",
-                                       help="replace the sgagent table even if it is loaded")
-            ) -> None:
-    """Apply the last known good document once (sgagent-restore.service, at boot); nothing
-    is done if the sgagent table is already loaded, unless --force."""
-    from .daemon.config import default_config, load_config
-    from .daemon.restore import restore as do_restore
-    cfg = load_config(config) if config is not None else default_config()
-    result = do_restore(state_dir or cfg.state_dir, netns if netns is not None else cfg.netns,
-                        force=force)
-    typer.echo(result.message)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args == ["--version"]:  # what typer's eager --version would print, without loading it
+        print(__version__)
+        return 0
     collecting = gc.isenabled()
     if collecting and "run" not in args[:1]:
         # A one-shot command frees everything when it exits: the cyclic collector would only
@@ -283,9 +32,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    from .netns import NetnsError
-    from .nft.backend import ApplyError
-    from .nft.libnft import NftError
+    import typer
+
+    from .commands import UserError, app
     try:
         rc = app(args=argv, standalone_mode=False)
         return rc if isinstance(rc, int) else 0
@@ -300,23 +49,42 @@ def _main(argv: list[str] | None) -> int:
             return 0 if not argv and argv is not None else 1
         print(f"error: {message}", file=sys.stderr)
         return 1
-    except DocumentError as exc:
-        print(exc.render(), file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        message = _error_message(exc, UserError)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
         return 1
-    except (UserError, ApplyError, NetnsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except NftError as exc:
+
+
+def _error_message(exc: Exception, user_error: type[Exception]) -> str | None:
+    """What to print for an error the user can act on; None for any other (a bug: the
+    traceback shows).  The error classes of the document reader, the network namespaces and
+    the nftables backend are looked up among the modules already imported: an exception of a
+    class whose module the command never imported cannot have been raised, and importing those
+    modules only to compare would load the backend for every command."""
+    if _is(exc, ".load", "DocumentError"):
+        return exc.render()  # type: ignore[attr-defined]
+    if isinstance(exc, user_error) or _is(exc, ".nft.backend", "ApplyError") \
+            or _is(exc, ".netns", "NetnsError"):
+        return f"error: {exc}"
+    if _is(exc, ".nft.libnft", "NftError"):
         msg = str(exc)
         if "Operation not permitted" in msg:
             msg = "the kernel said 'Operation not permitted': run as root (needs CAP_NET_ADMIN)"
-        print(f"error: {msg}", file=sys.stderr)
-        return 1
-    except PermissionError as exc:
-        print(f"error: {exc.strerror}: {exc.filename or ''} (run as root)".rstrip(), file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+        return f"error: {msg}"
+    if isinstance(exc, PermissionError):
+        return f"error: {exc.strerror}: {exc.filename or ''} (run as root)".rstrip()
+    return None
+
+
+def _is(exc: Exception, module: str, name: str) -> bool:
+    """Whether ``exc`` is an instance of class ``name`` of the sgagent module ``module``
+    (``.load``), if that module is imported at all."""
+    loaded = sys.modules.get(f"{__package__}{module}")
+    return loaded is not None and isinstance(exc, getattr(loaded, name))
 
 
 if __name__ == "__main__":
