@@ -13,16 +13,16 @@ Used by the enforcement tests and by ``sgagent verify``::
 
 Modules: ``addressing`` (address plan), ``topology`` (namespaces, wires,
 peers, routes), ``listeners`` (TCP accept / UDP echo), ``ssh`` and ``httpd``
-(real servers and client command lines), ``probes`` (Probe, Outcome, socket
-clients), ``peers`` (per-peer route lock), ``workload`` (optional forwarded
+(real servers and client command lines), ``probes`` (Probe, Transit, Outcome,
+socket clients), ``peers`` (per-peer route lock), ``workload`` (optional forwarded
 namespace), ``cleanup`` (atexit / SIGTERM / stale namespaces),
 ``sandbox`` (the :class:`Sandbox` facade).
 """
 
 from .cleanup import remove_stale
 from .errors import SandboxError
-from .probes import Outcome, Probe
+from .probes import Outcome, Probe, Transit
 from .sandbox import DEFAULT_CONCURRENCY, Sandbox
 from .workload import Workload
 
-__all__ = ["Sandbox", "Probe", "Outcome", "SandboxError", "Workload", "remove_stale", "DEFAULT_CONCURRENCY"]
+__all__ = ["Sandbox", "Probe", "Transit", "Outcome", "SandboxError", "Workload", "remove_stale", "DEFAULT_CONCURRENCY"]

@@ -36,11 +36,13 @@ from .errors import SandboxError
 
 __all__ = [
     "Probe",
+    "Transit",
     "Outcome",
     "DIRECTIONS",
     "PROTOCOLS",
     "ECHO_REQUEST",
     "validate_probe",
+    "validate_transit",
     "probe_tcp",
     "probe_udp",
     "probe_icmp",
@@ -62,6 +64,19 @@ class Probe:
     port: int | None = None  # tcp/udp destination port
     icmp_type: int | None = None  # only echo-request supported (8 / 128); None = echo-request
     workload: str | None = None  # host-side end is this workload (Sandbox.add_workload), not the host
+
+
+@dataclass(frozen=True)
+class Transit:
+    """A flow the host forwards between two of its NICs' peers (see
+    :meth:`Sandbox.route_between_nics`): from the peer namespace of ``src_nic`` (its own
+    address, the NIC's gateway) to the one of ``dst_nic``."""
+
+    src_nic: str  # host ifname the flow enters by
+    dst_nic: str  # host ifname the flow leaves by
+    protocol: str  # "tcp" | "udp" | "icmp" | "icmpv6" (echo request)
+    port: int | None = None  # tcp/udp destination port
+    family: int = 4
 
 
 class Outcome(enum.Enum):
@@ -126,6 +141,26 @@ def validate_probe(p: Probe) -> int:
                 f"{p}: only echo-request (type {ECHO_REQUEST[p.protocol]}) is supported"
             )
     return family
+
+
+def validate_transit(t: Transit) -> None:
+    """Check a transit's fields (the NICs are checked by the sandbox)."""
+    if not isinstance(t, Transit):
+        raise TypeError(f"expected a Transit, got {type(t).__name__}")
+    if t.src_nic == t.dst_nic:
+        raise ValueError(f"{t}: a transit enters by one NIC and leaves by another")
+    if t.family not in (4, 6):
+        raise ValueError(f"{t}: family must be 4 or 6")
+    if t.protocol not in PROTOCOLS:
+        raise ValueError(f"{t}: protocol must be one of {PROTOCOLS}")
+    if t.protocol in ("tcp", "udp"):
+        if not isinstance(t.port, int) or not 0 < t.port < 65536:
+            raise ValueError(f"{t}: {t.protocol} transits need a port in 1..65535")
+    else:
+        if t.port is not None:
+            raise ValueError(f"{t}: {t.protocol} transits take no port")
+        if t.family != (4 if t.protocol == "icmp" else 6):
+            raise ValueError(f"{t}: {t.protocol} does not go with IPv{t.family}")
 
 
 MakeSocket = Callable[[int, int, int], socket.socket]

@@ -23,7 +23,17 @@ from .httpd import HttpServer, curl_argv
 from .listeners import ListenerHub
 from .loopthread import LoopThread
 from .peers import PeerRouteLock
-from .probes import DIRECTIONS, Outcome, Probe, probe_icmp, probe_tcp, probe_udp, validate_probe
+from .probes import (
+    DIRECTIONS,
+    Outcome,
+    Probe,
+    Transit,
+    probe_icmp,
+    probe_tcp,
+    probe_udp,
+    validate_probe,
+    validate_transit,
+)
 from .sockets import client_socket
 from .ssh import SshServer, ssh_argv
 from .topology import HOST_SIDE, Topology
@@ -101,6 +111,7 @@ class Sandbox:
         self._sshd: dict[int, SshServer] = {}
         self._http: dict[int, HttpServer] = {}
         self._workloads: list[Workload] = []
+        self._routed = False
         register(self)
         try:
             self._workdir = tempfile.mkdtemp(prefix=f"{prefix}-")
@@ -379,6 +390,64 @@ class Sandbox:
         self._loop.run(main(), timeout * waves + 30.0)
         if None in results:  # pragma: no cover - gather would have raised
             raise SandboxError(f"{results.count(None)} probe(s) produced no result")
+        return results  # type: ignore[return-value]
+
+    # ----------------------------------------------------------- between NICs
+    def route_between_nics(self) -> None:
+        """Route the NICs' peers to each other through the host, as a hypervisor routes
+        between its VMs (forwarding on in the host, every peer namespace's default route via
+        the host's address on its wire).  A packet from the peer of NIC ``a`` to the peer of
+        NIC ``b`` then crosses the host's forward hook, entering by ``a``, leaving by ``b``."""
+        self._check_open()
+        self._topology.route_between_nics()
+        self._routed = True
+
+    def probe_transit(self, transits: Sequence[Transit], timeout: float = 1.0,
+                      concurrency: int = DEFAULT_CONCURRENCY) -> list[Outcome]:
+        """Run forwarded flows concurrently, each from the own address (the gateway) of
+        ``src_nic``'s peer namespace to the one of ``dst_nic``'s; results in input order.
+        Needs :meth:`route_between_nics` first."""
+        self._check_open()
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        if not self._routed:
+            raise SandboxError("call route_between_nics() before probe_transit()")
+        for t in transits:
+            validate_transit(t)
+            for nic in (t.src_nic, t.dst_nic):
+                self._topology.nic(nic)  # SandboxError for an unknown NIC
+        for t in dict.fromkeys(t for t in transits if t.port):
+            if t.protocol == "tcp":
+                self.ensure_tcp_listener(t.dst_nic, t.port)  # type: ignore[arg-type]
+            else:
+                self.ensure_udp_echo(t.dst_nic, t.port)  # type: ignore[arg-type]
+        results: list[Outcome | None] = [None] * len(transits)
+
+        async def one(sem: asyncio.Semaphore, i: int) -> None:
+            t = transits[i]
+            ex = self._topology.executor(self.peer_ns(t.src_nic))
+            source, target = self.gateway(t.src_nic, t.family), self.gateway(t.dst_nic, t.family)
+
+            def make_socket(family: int, kind: int, proto: int) -> socket.socket:
+                return ex.call(client_socket, family, kind, proto, source)
+
+            async with sem:
+                if t.protocol == "tcp":
+                    res = await probe_tcp(make_socket, t.family, target, t.port, timeout)  # type: ignore[arg-type]
+                elif t.protocol == "udp":
+                    res = await probe_udp(make_socket, t.family, target, t.port, timeout)  # type: ignore[arg-type]
+                else:
+                    res = await probe_icmp(make_socket, t.family, target, timeout)
+            results[i] = res
+
+        async def main() -> None:
+            sem = asyncio.Semaphore(max(1, concurrency))
+            await asyncio.gather(*(one(sem, i) for i in range(len(transits))))
+
+        assert self._loop is not None
+        self._loop.run(main(), timeout * (len(transits) // max(1, concurrency) + 1) + 30.0)
+        if None in results:  # pragma: no cover - gather would have raised
+            raise SandboxError(f"{results.count(None)} transit(s) produced no result")
         return results  # type: ignore[return-value]
 
     # ----------------------------------------------------------- workloads

@@ -276,6 +276,23 @@ class Topology:
                 f"commands were:\n  " + "\n  ".join(lines)
             )
 
+    def route_between_nics(self) -> None:
+        """Make the host a router between its NICs' peer namespaces (a hypervisor between its
+        VMs): forwarding on in the host, and in every peer namespace a default route via the
+        host's address on its wire."""
+        self.executors[self.host_ns].call(
+            write_sysctls,
+            [("net/ipv4/ip_forward", "1", True), ("net/ipv6/conf/all/forwarding", "1", True)],
+        )
+        for plan in self.plans:
+            self.ip_batch(
+                self.peer_ns_names[plan.ifname],
+                [
+                    f"route replace 0.0.0.0/0 via {plan.host4.ip} dev {WIRE_IFNAME}",
+                    f"route replace ::/0 via {plan.host6.ip} dev {WIRE_IFNAME}",
+                ],
+            )
+
     # ---------------------------------------------------------------- peers
     def placement(self, ifname: str, peer: str | IPAddress) -> PeerPlacement:
         """Validate peer for NIC ``ifname`` (no side effects)."""
