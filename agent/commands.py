@@ -1,11 +1,12 @@
 """The ``sgagent`` commands (typer).  Each command imports the modules it needs when it runs,
 so that a command loads only its own part of sgagent: ``validate`` the document model and its
 checks, ``compile`` also the compiler and the renderer, the kernel commands the nftables backend.
-The entry point, its fast paths and the mapping of errors to exit codes are in
-:mod:`sgagent.cli`."""
+The entry point (which answers ``--version`` itself) and the mapping of errors to exit codes
+are in :mod:`sgagent.cli`."""
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
