@@ -94,6 +94,36 @@ def test_membership_smoke(tmp_path):
     assert row["commands"] >= 1 and row["last_member_in_kernel"]
 
 
+def test_hvgen_documents_are_valid_and_the_measured_flow_is_decided_last():
+    import hvgen
+    from sgagent.compiler import compile_document
+    from sgagent.load import parse_data
+
+    doc = hvgen.generate(5, 40, bench_pair=True)
+    assert hvgen.count_rules(doc) == 200
+    assert [n["name"] for n in doc["host"]["nics"]] == [hvgen.nic_name(i) for i in range(5)]
+    rs = compile_document(parse_data(doc))
+    assert rs.chain("vm000", "inbound").decisions[-1].counter.rule == "bench-client"
+    assert rs.chain("vm001", "outbound").decisions[-1].counter.rule == "bench-server"
+    assert all(c.decisions for c in rs.chains)  # rules in both directions on every NIC
+
+
+def test_hypervisor_smoke(tmp_path):
+    _needs_root("gcc")
+    data = _run("hypervisor.py", "--sizes", "2,3", "--rules", "20", "--reps", "1",
+                "--seconds", "0.1", out=tmp_path / "hypervisor.json")
+    assert [r["rules"] for r in data["sizes"]] == [40, 60]
+    for row in data["sizes"]:
+        for step in ("compile", "cli_apply", "nft_f", "edit_cli_apply"):
+            assert row[step]["s"] > 0 and row[step]["maxrss_mb"] > 0, step
+        assert row["phases"]["render_s"] >= 0 and row["compile"]["text_bytes"] > 0
+        assert row["kernel"]["counters"] >= row["rules"]
+    hv = [c for c in data["first_packet"]["configs"] if c["name"].startswith("hypervisor")]
+    assert len(hv) == 2
+    for c in hv:
+        assert c["counted_entering"] == c["counted_leaving"] >= c["connections_attempted"] > 0
+
+
 def test_summary_from_results(tmp_path):
     """run_all --summary-only turns whatever JSON is there into SUMMARY.md."""
     import run_all
