@@ -94,6 +94,17 @@ def test_membership_smoke(tmp_path):
     assert row["commands"] >= 1 and row["last_member_in_kernel"]
 
 
+
+def test_startup_smoke(tmp_path):
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("the start-up benchmark needs git and this repository's history")
+    data = _run("startup.py", "--rounds", "1", out=tmp_path / "startup.json")
+    assert data["floor"]["python -c pass"]["median_ms"] > 0
+    assert len(data["commands"]) == 3 and len(data["diagnostics"]) == 3
+    for row in data["commands"].values():
+        assert row["new"]["median_ms"] > 0 and row["old"]["peak_rss_mb"] > 0
+        assert row["new_vs_old"] > 0 and row["same_output"] in (True, False)
+
 def test_hvgen_documents_are_valid_and_the_measured_flow_is_decided_last():
     import hvgen
     from sgagent.compiler import compile_document
