@@ -12,8 +12,8 @@ Measured side by side in one run, interleaved round by round (the order rotates)
 Every command runs as the ``sgagent`` script runs it (``from sgagent.cli import main``) with
 ``PYTHONPATH`` naming a directory in which ``sgagent`` is that tree's ``agent/``.  Bytecode is
 cached as an installed package has it (``PYTHONPYCACHEPREFIX`` in a temporary directory, warmed
-by one run of each command before the first round; ``--no-bytecode-cache`` compiles every
-module from source each time instead).  Wall time is fork to exit and peak RSS the child's
+by one run of each command before the first round; ``--no-bytecode-cache`` writes none, so
+that sgagent's modules, which have none in a checkout, are compiled from source at each run).  Wall time is fork to exit and peak RSS the child's
 ``ru_maxrss``, both taken by a small helper interpreter that forks the command (a child forked
 from a bigger process keeps that process's high-water mark through exec).  Outputs of old and
 new are compared once (``same_output``).
@@ -210,7 +210,7 @@ def summarize(samples, outputs, commands, floor, rounds, before, doc,
             "params": {"rounds": rounds, "before": rev or before,
                        "document": str(doc.relative_to(ROOT) if doc.is_relative_to(ROOT) else doc),
                        "bytecode": "cached (PYTHONPYCACHEPREFIX, warmed)" if bytecode_cache
-                       else "none (every module compiled from source)",
+                       else "not written (sgagent's modules compiled from source at each run)",
                        "issue_figure_s": ISSUE_FIGURE_S},
             "floor": {floor: stats(base)},
             "commands": rows,
@@ -250,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--before", default=BEFORE, help="the commit to compare with")
     ap.add_argument("--doc", type=Path, default=DOC, help="the small document")
     ap.add_argument("--no-bytecode-cache", action="store_true",
-                    help="compile every module from source at each run")
+                    help="write no bytecode: sgagent's modules (which have none in a "
+                    "checkout) are compiled from source at each run")
     ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args(argv)
     if shutil.which("git") is None:
