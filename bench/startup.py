@@ -10,13 +10,13 @@ Measured side by side in one run, interleaved round by round (the order rotates)
   is removed at the end.
 
 Every command runs as the ``sgagent`` script runs it (``from sgagent.cli import main``) with
-``PYTHONPATH`` naming a directory in which ``sgagent`` is that tree's ``agent/``.  Bytecode is
+``PYTHONPATH`` naming a directory in which ``sgagent`` is that tree's ``agent/``. Bytecode is
 cached as an installed package has it (``PYTHONPYCACHEPREFIX`` in a temporary directory, warmed
-by one run of each command before the first round; ``--no-bytecode-cache`` writes none, so
-that sgagent's modules, which have none in a checkout, are compiled from source at each run).  Wall time is fork to exit and peak RSS the child's
-``ru_maxrss``, both taken by a small helper interpreter that forks the command (a child forked
-from a bigger process keeps that process's high-water mark through exec).  Outputs of old and
-new are compared once (``same_output``).
+by one run of each command before the first round; ``--no-bytecode-cache`` writes none, so that
+sgagent's modules, which have none in a checkout, are compiled from source at each run). Wall
+time is fork to exit and peak RSS the child's ``ru_maxrss``, both taken by a small helper
+interpreter that forks the command (a child forked from a bigger process keeps that process's
+high-water mark through exec). Outputs of old and new are compared once (``same_output``).
 
     .venv/bin/python bench/startup.py [--rounds 20] [--before COMMIT] [--doc PATH]
 
