@@ -117,9 +117,9 @@ def in_process(ns: str, path: Path) -> dict[str, Any]:
     rs = compile_document(load_file(path))
     be = NftBackend(ns, "sets")
     try:
-        be._run(lambda nft: None)  # create the libnftables context before the clock starts
-        timed = TimedNft(be._nft)
-        be._nft = timed
+        be.kernel._run(lambda nft: None)  # create the libnftables context before the clock starts
+        timed = TimedNft(be.kernel._nft)
+        be.kernel._nft = timed
         rss0 = _maxrss_mb()
         t0 = time.perf_counter()
         result = be.apply(rs)

@@ -145,7 +145,7 @@ def configs(sizes: list[int], linear_max: int, diagnostics: bool) -> list[dict[s
 def shape(objs) -> dict[str, Any]:
     chain = objs.chains.get(f"in_{docgen.NIC}", (None, ()))[1]
     return {"input_chain_rules": len(chain),
-            "input_chain_lookups": sum(r.count("@") for r in chain),
+            "input_chain_lookups": sum(r.text.count("@") for r in chain),
             "chains": len(objs.chains), "sets_and_maps": len(objs.sets),
             "elements": sum(len(s.elements) for s in objs.sets.values()),
             "largest_map_elements": max((len(s.elements) for s in objs.sets.values()

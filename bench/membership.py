@@ -80,7 +80,7 @@ def run(sizes: list[int] | None = None, refs: int = 1000, changes: int = 10, see
                 backends.append(be)
                 first = be.apply(rs)
                 t2 = time.perf_counter()
-                be._nft = TimedNft(be._nft)  # time what reaches libnftables from now on
+                be.kernel._nft = TimedNft(be.kernel._nft)  # time what reaches libnftables from now on
                 state[n] = {"doc": doc, "backend": be, "ns": ns, "refs": k, "cache": cache,
                             "previous": (parsed, rs),
                             "first": {"parse_compile_s": round(t1 - t0, 3),
@@ -98,13 +98,13 @@ def run(sizes: list[int] | None = None, refs: int = 1000, changes: int = 10, see
                     t1 = time.perf_counter()
                     st["previous"] = (parsed, rs)
                     be: NftBackend = st["backend"]
-                    before = len(be._nft.runs)
+                    before = len(be.kernel._nft.runs)
                     res = be.apply(rs)
                     t2 = time.perf_counter()
-                    runs = be._nft.runs[before:]
+                    runs = be.kernel._nft.runs[before:]
                     kernel_bytes, kernel_s = sum(b for _, b in runs), sum(t for t, _ in runs)
                     if res.channel == "netlink":  # element updates sent as one netlink batch
-                        kernel_bytes, kernel_s = be._writer.last_batch
+                        kernel_bytes, kernel_s = be.kernel._writer.last_batch
                     st["samples"].append({
                         "apply_s": t2 - t1, "parse_compile_s": t1 - t0,
                         "transaction_s": kernel_s, "script_bytes": kernel_bytes,

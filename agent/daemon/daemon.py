@@ -30,16 +30,17 @@ import queue
 import signal
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
+from ..backend.kernel import Backend
 from ..compiler import compile_document
 from ..ir import Ruleset
 from ..load import DocumentError
 from ..model import Document
 from .config import Config
 from .sdnotify import Notifier
-from .sources import (Invalid, Snapshot, Source, SourceEvent, Unavailable, Unchanged, describe,
-                      make_source)
+from .sources import (Emit, Invalid, Snapshot, Source, SourceEvent, Unavailable, Unchanged,
+                      describe, make_source)
 from .state import Saved, StateStore
 
 try:
@@ -79,13 +80,20 @@ DRIFT = _Signal("drift")  # someone saw the table change: check it now
 
 
 class Daemon:
-    def __init__(self, cfg: Config, *, notifier: Notifier | None = None) -> None:
+    """``backend``: what applies rulesets (default: nftables in ``cfg.netns``); ``source``:
+    makes the source from the function it hands events to (default: ``cfg.source``'s)."""
+
+    def __init__(self, cfg: Config, *, notifier: Notifier | None = None,
+                 backend: Backend | None = None,
+                 source: Callable[[Emit], Source] | None = None) -> None:
         self.cfg = cfg
+        self._make_backend = (lambda: backend) if backend is not None else self._default_backend
+        self._make_source = source or (lambda emit: make_source(cfg.source, emit))
         self.events: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         self.notifier = notifier or Notifier()
         self.store = StateStore(cfg.state_dir)
         self.stats: Any = AgentStats("nftables") if AgentStats is not None else _NullStats()
-        self.backend: Any = None
+        self.backend: Backend | None = None
         self.revoker: Any = None
         self.source: Source | None = None
         self.metrics_server: Any = None
@@ -121,9 +129,12 @@ class Daemon:
             for s, h in old.items():
                 signal.signal(s, h)
 
-    def _open(self) -> None:
+    def _default_backend(self) -> Backend:
         from ..nft.backend import NftBackend
-        self.backend = NftBackend(self.cfg.netns)
+        return NftBackend(self.cfg.netns)
+
+    def _open(self) -> None:
+        self.backend = self._make_backend()
         if self.cfg.revocation:
             from .revoke import Revoker
             self.revoker = Revoker(self.cfg.netns)
@@ -132,7 +143,7 @@ class Daemon:
         if saved is not None:
             self.stats.state_saved(saved)
         self._start_metrics()
-        self.source = make_source(self.cfg.source, self.events.put)
+        self.source = self._make_source(self.events.put)
         log.info("sgagent daemon starting: source %s, backend %s%s, state %s, resync every %gs, "
                  "revocation %s", self.source.description, self.cfg.backend,
                  f" in netns {self.cfg.netns}" if self.cfg.netns else "", self.cfg.state_dir,
@@ -155,10 +166,9 @@ class Daemon:
     def _start_monitor(self) -> None:
         """Listen for the kernel's notifications of changes to the table, so that drift is
         repaired at once, not at the next full check (which stays as the backstop)."""
-        from ..nft.monitor import TableMonitor
-        monitor = TableMonitor(self.cfg.netns, self.request_drift_check)
+        assert self.backend is not None
         try:
-            monitor.start()
+            monitor = self.backend.watch(self.request_drift_check)
         except Exception as exc:  # noqa: BLE001 - enforcement goes on without it
             log.error("cannot listen for changes of the sgagent table (%s): drift is repaired "
                       "only every %gs", exc, self.cfg.resync_interval)
@@ -320,7 +330,9 @@ class Daemon:
             return False
         t0 = time.perf_counter()
         try:
-            self._backend_apply(rs, full=why == "repair")
+            # a repair replaces the whole table: a backend that sends only differences from
+            # what it last loaded cannot see an edit made behind its back
+            self.backend.apply(rs, full=why == "repair")
         except Exception as exc:  # noqa: BLE001 - ApplyError, NftError: nothing was changed
             dt = time.perf_counter() - t0
             self.stats.apply_finished(dt, "failure")
@@ -401,22 +413,6 @@ class Daemon:
             self._unsaved = self._save_error = None
             self._status()
         return True
-
-    def _backend_apply(self, rs: Ruleset, full: bool) -> None:
-        """``apply(rs)``; a repair asks for the whole table to be replaced (``full=True``), as a
-        backend that sends only differences from what it last loaded cannot see an edit made
-        behind its back."""
-        if full and self._backend_has_full():
-            self.backend.apply(rs, full=True)
-        else:
-            self.backend.apply(rs)
-
-    def _backend_has_full(self) -> bool:
-        import inspect
-        try:
-            return "full" in inspect.signature(self.backend.apply).parameters
-        except (TypeError, ValueError):
-            return False
 
     def _revoke(self, doc: Document) -> None:
         t0 = time.perf_counter()

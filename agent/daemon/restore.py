@@ -12,8 +12,10 @@ take over from a running daemon. ``force=True`` replaces it anyway.
 
 from __future__ import annotations
 
+from contextlib import closing
 from dataclasses import dataclass
 
+from ..backend.kernel import Backend
 from ..compiler import compile_document
 from .state import StateStore
 
@@ -24,16 +26,20 @@ class RestoreResult:
     message: str
 
 
-def restore(state_dir: str, netns_name: str | None, force: bool = False) -> RestoreResult:
+def restore(state_dir: str, netns_name: str | None, force: bool = False, *,
+            backend: Backend | None = None) -> RestoreResult:
     """Apply the saved document; ``applied=False`` if nothing was saved yet, or if the sgagent
-    table is already loaded (unless ``force``).
+    table is already loaded (unless ``force``).  ``backend`` (closed here): default nftables
+    in ``netns_name``.
 
     Raises DocumentError (saved file unusable) or ApplyError (kernel refused it).
     """
-    from ..nft.backend import NftBackend
+    if backend is None:
+        from ..nft.backend import NftBackend
+        backend = NftBackend(netns_name)
     store = StateStore(state_dir)
-    with NftBackend(netns_name) as be:
-        if not force and be.live_objects().table:
+    with closing(backend) as be:
+        if not force and be.loaded():
             return RestoreResult(False, "the sgagent table is already loaded; left as it is "
                                         "(--force replaces it with the saved document)")
         saved = store.load()

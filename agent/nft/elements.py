@@ -1,7 +1,8 @@
 """Element updates straight over netlink, in one atomic batch.
 
 A membership change only adds and removes elements of sets and of the exact address maps
-(:func:`sgagent.nft.setrender.member_update`).  Through libnftables even a one-element
+(:func:`sgagent.nft.setrender.member_update`): its transaction holds nothing but
+:class:`~sgagent.backend.transaction.AddElements` and ``DeleteElements``.  Through libnftables even a one-element
 transaction first loads its cache of the whole table -- about 0.1 s at 10,000 rules -- so such
 a change is sent here instead: one nftables batch of ``NFT_MSG_DELSETELEM`` and
 ``NFT_MSG_NEWSETELEM`` messages, which the kernel commits atomically or not at all.  The batch
@@ -18,6 +19,7 @@ import socket
 import struct
 import time
 
+from ..backend.transaction import AddElements, DeleteElements
 from .netlink import (_I32, _NLMSG, NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NLM_F_REQUEST,
                       NLMSG_ERROR, NetfilterSocket, NetlinkError, _attr, messages)
 from .names import TABLE
@@ -43,32 +45,42 @@ NFTA_VERDICT_CHAIN = 2
 _VERDICTS = {"jump": -3, "goto": -4}
 _TABLE_Z = TABLE.encode() + b"\0"
 
-# (set name, address family, keys that go, (key, verdict or None) that come)
-Change = tuple[str, int, list[str], list[tuple[str, str | None]]]
+ElementOp = AddElements | DeleteElements
+FAMILIES = {"ipv4_addr": 4, "ipv6_addr": 6}   # the key types this encoder knows
 
 
-def encode_batch(changes: list[Change], seq: int, genid: int | None) -> tuple[bytes, list[int]]:
-    """The whole batch, and the sequence numbers of its element messages."""
+def encodable(ops) -> bool:
+    """Whether every operation is an element change of an address set or map."""
+    return all(isinstance(op, (AddElements, DeleteElements)) and op.key_type in FAMILIES
+               for op in ops)
+
+
+def encode_batch(ops: list[ElementOp], seq: int, genid: int | None) -> tuple[bytes, list[int]]:
+    """The whole batch, one message per operation in their order, and the sequence numbers
+    of the element messages."""
     begin_body = struct.pack("=BB", 0, 0) + struct.pack(">H", NFNL_SUBSYS_NFTABLES)
     if genid is not None:
         begin_body += _attr(NFNL_BATCH_GENID, struct.pack(">I", genid))
     out = [_msg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, begin_body)]
     seqs = []
-    for kind in (NFT_MSG_DELSETELEM, NFT_MSG_NEWSETELEM):
-        for name, family, gone, come in changes:
-            items = gone if kind == NFT_MSG_DELSETELEM else come
-            if not items:
-                continue
-            elems = b"".join(_element(family, i) if isinstance(i, str) else _element(family, *i)
-                             for i in items)
-            body = (struct.pack("=BBH", NFPROTO_INET, 0, 0)
-                    + _attr(NFTA_SET_ELEM_LIST_TABLE, _TABLE_Z)
-                    + _attr(NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0")
-                    + _attr(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, elems))
-            seq += 1
-            seqs.append(seq)
-            flags = NLM_F_REQUEST | NLM_F_ACK | (NLM_F_CREATE if kind == NFT_MSG_NEWSETELEM else 0)
-            out.append(_msg((NFNL_SUBSYS_NFTABLES << 8) | kind, flags, seq, body))
+    for op in ops:
+        family = FAMILIES[op.key_type]
+        if isinstance(op, AddElements):
+            kind = NFT_MSG_NEWSETELEM
+            elems = b"".join(_element(family, k, v) for k, v in op.items)
+        else:
+            kind = NFT_MSG_DELSETELEM
+            elems = b"".join(_element(family, k) for k in op.keys)
+        if not elems:
+            continue
+        body = (struct.pack("=BBH", NFPROTO_INET, 0, 0)
+                + _attr(NFTA_SET_ELEM_LIST_TABLE, _TABLE_Z)
+                + _attr(NFTA_SET_ELEM_LIST_SET, op.set.encode() + b"\0")
+                + _attr(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, elems))
+        seq += 1
+        seqs.append(seq)
+        flags = NLM_F_REQUEST | NLM_F_ACK | (NLM_F_CREATE if kind == NFT_MSG_NEWSETELEM else 0)
+        out.append(_msg((NFNL_SUBSYS_NFTABLES << 8) | kind, flags, seq, body))
     out.append(_msg(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 1, begin_body[:4]))
     return b"".join(out), seqs
 
@@ -81,7 +93,7 @@ def _element(family: int, key: str, verdict: str | None = None) -> bytes:
     addr = socket.inet_pton(socket.AF_INET if family == 4 else socket.AF_INET6, key)
     inner = _attr(NFTA_SET_ELEM_KEY | NLA_F_NESTED, _attr(NFTA_DATA_VALUE, addr))
     if verdict is not None:
-        kind, chain = verdict.split()
+        kind, _, chain = verdict.partition(" ")
         v = (_attr(NFTA_VERDICT_CODE, struct.pack(">i", _VERDICTS[kind]))
              + _attr(NFTA_VERDICT_CHAIN, chain.encode() + b"\0"))
         inner += _attr(NFTA_SET_ELEM_DATA | NLA_F_NESTED, _attr(NFTA_DATA_VERDICT | NLA_F_NESTED, v))
@@ -98,20 +110,20 @@ class NetlinkElementWriter(NetfilterSocket):
         super().__init__(netns_name)
         self.last_batch = (0, 0.0)  # bytes and seconds of the last batch sent (benchmarks)
 
-    def send(self, changes: list[Change], genid: int | None = None) -> None:
-        """Commit ``changes`` in one batch; NetlinkError (nothing changed) if the kernel refuses
+    def send(self, ops: list[ElementOp], genid: int | None = None) -> None:
+        """Commit ``ops`` in one batch; NetlinkError (nothing changed) if the kernel refuses
         any part, or if the ruleset generation is no longer ``genid``."""
         with self._lock:
             try:
-                self._send(changes, genid)
+                self._send(ops, genid)
             except NetlinkError:
                 raise
             except OSError as exc:
                 self._drop_socket()
                 raise NetlinkError(exc.errno or errno.EIO, f"element update: {exc}") from exc
 
-    def _send(self, changes: list[Change], genid: int | None) -> None:
-        batch, seqs = encode_batch(changes, self._seq + 1, genid)
+    def _send(self, ops: list[ElementOp], genid: int | None) -> None:
+        batch, seqs = encode_batch(ops, self._seq + 1, genid)
         self._seq += len(seqs) + 2
         if not seqs:
             return

@@ -24,20 +24,12 @@ import struct
 import threading
 import time
 
-from dataclasses import dataclass
-
 from .. import netns
+from ..backend.kernel import CounterReading
 from ..ir import CounterKey
 from .names import TABLE, parse_comment
 
 __all__ = ["CounterReading", "NetlinkCounterReader", "NetlinkError"]
-
-
-@dataclass(frozen=True)
-class CounterReading:
-    key: CounterKey
-    packets: int
-    bytes: int
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10

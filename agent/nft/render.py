@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..allowances import DHCP_PORTS, LINK_ICMPV6
 from ..ir import Chain, CounterKey, Decision, GroupSet, Match, Ruleset
 from .names import chain_name, counter_comment, counter_name, nft_string, set_name
-from .objects import Objects, SetDef
+from .objects import Objects, Rule, SetDef
 
 L4 = {"tcp": "tcp", "udp": "udp", "icmp": "icmp", "icmpv6": "ipv6-icmp", "gre": "gre"}
 VERB = {"inbound": ("iifname", "saddr"), "outbound": ("oifname", "daddr")}
@@ -43,58 +43,72 @@ def member_set(g: GroupSet, family: int) -> SetDef:
     return SetDef(f"ipv{family}_addr", frozenset(map(str, g.v4 if family == 4 else g.v6)))
 
 
-def linear_body(chain: Chain, objs: Objects, groups) -> list[str]:
-    rules: list[str] = []
+def linear_body(chain: Chain, objs: Objects, groups) -> list[Rule]:
+    rules: list[Rule] = []
     for decision in chain.decisions:
         rules.extend(decision_rules(decision, chain.direction))
     return rules
 
 
-def base_chains(rs: Ruleset) -> dict[str, tuple[str, tuple[str, ...]]]:
-    def vmap(direction: str) -> str:
+def base_chains(rs: Ruleset) -> dict[str, tuple[str, tuple[Rule, ...]]]:
+    def vmap(direction: str) -> Rule | None:
         verb = VERB[direction][0]
+        chains = [c for c in rs.chains if c.direction == direction]
         items = ", ".join(f"{nft_string(c.nic)} : jump {chain_name(c.nic, c.direction)}"
-                          for c in rs.chains if c.direction == direction)
-        return f"{verb} vmap {{ {items} }}" if items else ""
+                          for c in chains)
+        return Rule(f"{verb} vmap {{ {items} }}",
+                    targets=tuple(chain_name(c.nic, c.direction) for c in chains)) \
+            if items else None
 
     out = {}
     for hook, dirs in (("input", ["inbound"]), ("forward", ["inbound", "outbound"]),
                        ("output", ["outbound"])):
         header = f"type filter hook {hook} priority filter; policy accept;"
-        out[hook] = (header, tuple(v for v in (vmap(d) for d in dirs) if v))
+        out[hook] = (header, tuple(v for v in (vmap(d) for d in dirs) if v is not None))
     return out
 
 
-def preamble(direction: str) -> list[str]:
+def preamble(direction: str) -> list[Rule]:
     """State and the always-allowed traffic of SEMANTICS sections 4 and 5."""
-    rules = ["ct state established,related return"]
+    rules = [Rule("ct state established,related return")]
     for family, (client, server) in sorted(DHCP_PORTS.items()):
         nfproto = "ipv4" if family == 4 else "ipv6"
         sport, dport = (server, client) if direction == "inbound" else (client, server)
-        rules.append(f"meta nfproto {nfproto} udp sport {sport} udp dport {dport} return")
-    rules.append(f"icmpv6 type {{ {', '.join(map(str, sorted(LINK_ICMPV6)))} }} return")
-    rules.append("ct state invalid drop")
+        rules.append(Rule(f"meta nfproto {nfproto} udp sport {sport} udp dport {dport} return"))
+    rules.append(Rule(f"icmpv6 type {{ {', '.join(map(str, sorted(LINK_ICMPV6)))} }} return"))
+    rules.append(Rule("ct state invalid drop"))
     return rules
 
 
-def tail(chain: Chain) -> list[str]:
+def tail(chain: Chain) -> list[Rule]:
     """Inner access, then the default."""
     rules = []
     if chain.inner_counter is not None:
-        c = f"counter name {counter_name(chain.inner_counter)}"
+        name = counter_name(chain.inner_counter)
+        c = f"counter name {name}"
         for g in chain.inner_access:
-            rules.append(f"ip saddr @{set_name(g, 4)} {c} return")
-            rules.append(f"ip6 saddr @{set_name(g, 6)} {c} return")
-    rules.extend(verdict(chain.default.counter, chain.default.action, None))
+            for ip, family in (("ip", 4), ("ip6", 6)):
+                s = set_name(g, family)
+                rules.append(Rule(f"{ip} saddr @{s} {c} return", sets=(s,), counters=(name,)))
+    rules.extend(verdict_rules(chain.default.counter, chain.default.action, None))
     return rules
 
 
-def decision_rules(decision: Decision, direction: str) -> list[str]:
+def decision_rules(decision: Decision, direction: str) -> list[Rule]:
     out = []
     for m in decision.matches:
-        out.extend(f"{match_expr(m, direction)} {v}".strip()
-                   for v in verdict(decision.counter, decision.action, m.proto))
+        sets = (set_name(m.group, m.family),) if m.group is not None else ()
+        out.extend(verdict_rules(decision.counter, decision.action, m.proto,
+                                 match_expr(m, direction), sets))
     return out
+
+
+def verdict_rules(key: CounterKey, action: str, proto: str | None, match: str = "",
+                  sets: tuple[str, ...] = ()) -> list[Rule]:
+    """``match`` (none: every packet), then :func:`verdict`, as rules."""
+    counters = (counter_name(key),)
+    return [Rule(f"{match} {v}".strip(), sets=sets, counters=counters)
+            for v in verdict(key, action, proto)]
 
 
 def verdict(key: CounterKey, action: str, proto: str | None) -> list[str]:

@@ -38,8 +38,9 @@ from ..ir import Chain, Decision, GroupSet, Ruleset
 from ..partition import Painted, overlay
 from ..peerclass import ICMP, TCP, UDP, Plan, plan_chain
 from .names import chain_name, counter_name, set_name
-from .objects import Objects, SetDef
-from .render import VERB, member_set, tail, verdict
+from ..backend.objects import verdict_chain
+from .objects import Objects, Rule, SetDef
+from .render import VERB, member_set, tail, verdict_rules
 
 _IP = {4: "ip", 6: "ip6"}
 _ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
@@ -102,17 +103,21 @@ class ChainRenderer:
         if name is not None:
             return name
         ip = _IP[plan.family]
-        rules = [f"{ip} {self.addr} @{set_name(g, plan.family)} goto "
-                 f"{self.class_chain(plan.family, plan.point_row(row, (g,)), row)}"
-                 for g in plan.group_items]
-        rules.append(f"goto {self.class_chain(plan.family, row)}")
-        name = "k_" + _digest(plan.family, self.base, *rules)
+        rules = []
+        for g in plan.group_items:
+            members = set_name(g, plan.family)
+            target = self.class_chain(plan.family, plan.point_row(row, (g,)), row)
+            rules.append(Rule(f"{ip} {self.addr} @{members} goto {target}", targets=(target,),
+                              sets=(members,)))
+        target = self.class_chain(plan.family, row)
+        rules.append(Rule(f"goto {target}", targets=(target,)))
+        name = "k_" + _digest(plan.family, self.base, *(r.text for r in rules))
         if name not in self.objs.chains:
             self.objs.chains[name] = (None, tuple(rules))
             self.created.append(name)
             for r in rules:
-                target = r.rsplit(" ", 1)[1]
-                self.objs.ref(target)
+                for target in r.targets:
+                    self.objs.ref(target)
         self._names[key] = name
         return name
 
@@ -132,8 +137,8 @@ class ChainRenderer:
             if not boxes:
                 self._names[key] = after
                 return after
-        rules = self._row_rules(family, boxes) + [f"goto {after}"]
-        name = "k_" + _digest(family, self.base, *rules)
+        rules = self._row_rules(family, boxes) + [Rule(f"goto {after}", targets=(after,))]
+        name = "k_" + _digest(family, self.base, *(r.text for r in rules))
         if name not in self.objs.chains:
             self.objs.chains[name] = (None, tuple(rules))
             self.created.append(name)
@@ -142,13 +147,13 @@ class ChainRenderer:
         self._names[key] = name
         return name
 
-    def _row_rules(self, family: int, row) -> list[str]:
+    def _row_rules(self, family: int, row) -> list[Rule]:
         icmp = ICMP[family]
         kinds: dict[str, dict[int | None, list[tuple[int, int, int, int]]]] = {}
         for plo, phi, vlo, vhi, owner in row:
             for lo, hi, kind in _split_by_kind(plo, phi, icmp):
                 kinds.setdefault(kind, {}).setdefault(owner, []).append((lo, hi, vlo, vhi))
-        rules: list[str] = []
+        rules: list[Rule] = []
         for kind in ("tcp", "udp", "icmp", "other"):
             owners = kinds.get(kind)
             if not owners:
@@ -163,7 +168,7 @@ class ChainRenderer:
     def _decision(self, owner: int | None) -> Decision | None:
         return None if owner is None else self.chain.decisions[owner]
 
-    def _inline(self, kind: str, family: int, decision: Decision | None, boxes) -> list[str]:
+    def _inline(self, kind: str, family: int, decision: Decision | None, boxes) -> list[Rule]:
         if kind in ("tcp", "udp") and _full(boxes, 65535) or kind == "icmp" and _full(boxes, 255):
             matches = [f"meta l4proto {_l4(kind, family)}"]
         elif kind == "other":
@@ -171,11 +176,13 @@ class ChainRenderer:
         else:
             matches = [f"{_selector(kind, family)} {_rng(vlo, vhi)}" for _, _, vlo, vhi in boxes]
         if decision is None:  # nothing decides here (where the base would): the tail
-            return [f"{m} goto {self.tail_chain}" for m in matches]
+            return [Rule(f"{m} goto {self.tail_chain}", targets=(self.tail_chain,))
+                    for m in matches]
         proto = "tcp" if kind == "tcp" else "udp"  # reject: tcp reset for tcp, else icmpx
-        return [f"{m} {v}" for m in matches for v in verdict(decision.counter, decision.action, proto)]
+        return [r for m in matches
+                for r in verdict_rules(decision.counter, decision.action, proto, m)]
 
-    def _lookup(self, kind: str, family: int, owners: dict[int, list]) -> str:
+    def _lookup(self, kind: str, family: int, owners: dict[int, list]) -> Rule:
         values = []
         for owner, boxes in owners.items():
             target = f"goto {self.tail_chain}" if owner is None else \
@@ -189,9 +196,9 @@ class ChainRenderer:
         vmap = SetDef(typ, frozenset(k for k, _ in values), tuple(values), interval=True)
         name = f"m{kind[0]}_" + _digest(typ, *(f"{k}:{v}" for k, v in values))
         self.objs.sets.setdefault(name, vmap)
-        return f"{_selector(kind, family)} vmap @{name}"
+        return Rule(f"{_selector(kind, family)} vmap @{name}", sets=(name,))
 
-    def body(self, plans: dict[int, Plan]) -> list[str]:
+    def body(self, plans: dict[int, Plan]) -> list[Rule]:
         """The NIC chain's lookups: per family that has rules, the peer exactly, then by
         interval (both maps are declared even when empty, so that a membership change only
         ever changes elements)."""
@@ -204,13 +211,15 @@ class ChainRenderer:
             exact, interval = self.map_names(family)
             self.objs.sets[exact] = self.exact_map(plan)
             self.objs.sets[interval] = self.interval_map(plan)
-            rules.append(f"{_IP[family]} {self.addr} vmap @{exact}")
-            rules.append(f"{_IP[family]} {self.addr} vmap @{interval}")
+            rules.append(Rule(f"{_IP[family]} {self.addr} vmap @{exact}", sets=(exact,)))
+            rules.append(Rule(f"{_IP[family]} {self.addr} vmap @{interval}", sets=(interval,)))
             if plan.group_lookups:  # members in no network, found in their group's set
                 for g in plan.group_items:
                     name = self.class_chain(family, plan.point_row((), (g,)))
                     self.objs.ref(name)
-                    rules.append(f"{_IP[family]} {self.addr} @{set_name(g, family)} goto {name}")
+                    members = set_name(g, family)
+                    rules.append(Rule(f"{_IP[family]} {self.addr} @{members} goto {name}",
+                                      targets=(name,), sets=(members,)))
         return rules
 
 
@@ -219,7 +228,7 @@ def exact_setdef(family: int, elements: dict[str, str]) -> SetDef:
     return SetDef(_ADDR_TYPE[family], frozenset(elements), tuple(elements.items()))
 
 
-def chain_body(chain: Chain, objs: Objects, groups: dict[str, GroupSet]) -> list[str]:
+def chain_body(chain: Chain, objs: Objects, groups: dict[str, GroupSet]) -> list[Rule]:
     plans = plan_chain(chain, groups)
     r = ChainRenderer(chain, objs)
     objs.plans[r.base] = plans
@@ -231,7 +240,7 @@ def decider(decision: Decision, objs: Objects) -> str:
     counter and gives its verdict (accept returns from the NIC's chain to the base chain)."""
     name = "d" + counter_name(decision.counter)[1:]
     if name not in objs.chains:
-        objs.chains[name] = (None, tuple(verdict(decision.counter, decision.action, None)))
+        objs.chains[name] = (None, tuple(verdict_rules(decision.counter, decision.action, None)))
     return name
 
 
@@ -304,15 +313,14 @@ def member_update(old: Objects, old_rs: Ruleset, rs: Ruleset) -> Objects | None:
     in the exact address map, the class chains of their new rows, the group's member set.
     Exactly what :func:`render` would give, without its cost; None where this cannot be done
     alone (a class chain left unused holds a verdict map), and the caller renders it all.
-    When only elements change (no class chain comes or goes), ``element_changes`` of the
-    result lists them, for :mod:`sgagent.nft.elements`."""
+    Unchanged sets and chains are the very objects of ``old``, so that the diff against it
+    (:func:`sgagent.backend.transaction.diff`) is as small as the change."""
     before = {g.name: g for g in old_rs.groups}
     if set(before) != {g.name for g in rs.groups}:
         return None
     new = Objects(dict(old.counters), dict(old.sets), dict(old.chains), dict(old.refs),
                   dict(old.exact), dict(old.plans))
     changed: dict[str, GroupSet] = {}
-    changes: list = []   # what the kernel must be told, element by element (elements.Change)
     for g in rs.groups:
         o = before[g.name]
         if (o.v4, o.v6) != (g.v4, g.v6):
@@ -322,9 +330,7 @@ def member_update(old: Objects, old_rs: Ruleset, rs: Ruleset) -> Objects | None:
                 gone, come = old.sets[name].elements - s.elements, s.elements - old.sets[name].elements
                 if gone or come:
                     new.sets[name] = s
-                    changes.append((name, family, sorted(gone), [(k, None) for k in sorted(come)]))
     unused: set[str] = set()
-    created = False
     for chain in rs.chains:
         r = ChainRenderer(chain, new)
         plans = old.plans.get(r.base)
@@ -355,7 +361,7 @@ def member_update(old: Objects, old_rs: Ruleset, rs: Ruleset) -> Objects | None:
                     elements = dict(elements)  # copied on the first change only
                 if gone is not None:
                     del elements[key]
-                    was = gone.split()[1]
+                    was = verdict_chain(gone)
                     new.ref(was, -1)
                     unused.add(was)
                     gone_keys.append(key)
@@ -367,22 +373,18 @@ def member_update(old: Objects, old_rs: Ruleset, rs: Ruleset) -> Objects | None:
                 continue
             new.exact[name] = elements
             new.sets[name] = exact_setdef(family, elements)
-            changes.append((name, family, gone_keys, come_items))
-        created = created or bool(r.created)
     while unused:  # class chains nothing goes to any more, and what only they went to
         name = unused.pop()
         if new.refs.get(name, 0) > 0:
             continue
         rules = new.chains.pop(name)[1]
         new.refs.pop(name, None)
-        if any(" vmap @" in rule for rule in rules):
-            return None
-        created = True
-        last = rules[-1].split()[1]
-        if last.startswith("k_"):
-            new.ref(last, -1)
-            unused.add(last)
-    if not created and len(new.chains) == len(old.chains) and len(new.sets) == len(old.sets):
-        new.element_changes = changes  # nothing but elements: no chain, set or rule changes
+        if any(new.sets[s].is_map for rule in rules for s in rule.sets):
+            return None  # a verdict map that would fall out of use too
+        for rule in rules:  # the class chains it went to (through its last rule)
+            for target in rule.targets:
+                if target.startswith("k_"):
+                    new.ref(target, -1)
+                    unused.add(target)
     return new
 

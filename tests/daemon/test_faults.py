@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 
 from sgagent.netns import NetnsExecutor
-from sgagent.nft.backend import FAULT_ENV
 from sgagent.nft.libnft import Nft, NftError
 from sgagent.sandbox import Outcome, Probe
 
-from .support import document, dports, dump, live_table, wait_until, write_atomic
+from .support import PYTHON, document, dports, dump, live_table, wait_until, write_atomic
 
 pytestmark = pytest.mark.kernel
 
@@ -99,8 +98,10 @@ def test_kernel_refusing_a_ruleset_keeps_the_previous_one(sandbox, make_daemon, 
     path = tmp_path / "host.yaml"
     path.write_text(dump(document([8080])))
     fault = tmp_path / "fault"
-    d = make_daemon({"file": {"path": str(path)}}, sandbox.host_ns, resync_interval=600,
-                    env={FAULT_ENV: str(fault)}).start()
+    d = make_daemon({"file": {"path": str(path)}}, sandbox.host_ns, resync_interval=600)
+    d.argv = [PYTHON, str(Path(__file__).with_name("faulty_daemon.py")), str(d.config_path),
+              str(fault)]
+    d.start()
     d.wait_log("ready:")
     before = live_table(sandbox.host_ns)
 

@@ -12,7 +12,9 @@ import pytest
 from sgagent import netns
 from sgagent.compiler import compile_document
 from sgagent.load import parse_data
-from sgagent.nft.backend import FAULT_ENV, ApplyError, NftBackend
+from sgagent.backend.faults import Faulty
+from sgagent.nft.backend import ApplyError, NftBackend
+from sgagent.nft.kernel import NftKernel
 
 DOC = {
     "version": 1,
@@ -39,18 +41,17 @@ def other(doc: dict) -> dict:
     return d
 
 
-def test_refused_apply_leaves_the_previous_ruleset(ns, tmp_path, monkeypatch):
-    fault = tmp_path / "fault"
-    monkeypatch.setenv(FAULT_ENV, str(fault))
-    with NftBackend(ns) as be:
+def test_refused_apply_leaves_the_previous_ruleset(ns):
+    kernel = Faulty(NftKernel(ns))
+    with NftBackend(ns, kernel=kernel) as be:
         be.apply(compile_document(parse_data(DOC)))
         before = be.live_text()
-        fault.touch()  # every transaction now ends with a command the kernel refuses
+        kernel.refusing = True  # every transaction now ends with a command the kernel refuses
         for full in (False, True):
             with pytest.raises(ApplyError, match="nothing was changed"):
                 be.apply(compile_document(parse_data(other(DOC))), full=full)
             assert be.live_text() == before
-        fault.unlink()
+        kernel.refusing = False
         be.apply(compile_document(parse_data(other(DOC))))
         assert be.live_text() != before
         assert be.diff(compile_document(parse_data(other(DOC)))) == ""

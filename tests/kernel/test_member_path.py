@@ -12,7 +12,9 @@ import pytest
 
 from sgagent.compiler import compile_document
 from sgagent.load import parse_data
-from sgagent.nft.backend import FAULT_ENV, ApplyError, NftBackend
+from sgagent.backend.faults import Faulty
+from sgagent.nft.backend import ApplyError, NftBackend
+from sgagent.nft.kernel import NftKernel
 from sgagent.sandbox import Outcome, Probe, Sandbox
 
 DOC = {
@@ -44,7 +46,7 @@ def sandbox(root):
         sb.ensure_tcp_listener("host", 3306)
         sb.ensure_tcp_listener("host", 80)
         sb.ensure_tcp_listener("host", 22)
-        with NftBackend(sb.host_ns) as be:
+        with NftBackend(sb.host_ns, kernel=Faulty(NftKernel(sb.host_ns))) as be:
             be.apply(compile_document(parse_data(DOC)))
             yield sb, be
 
@@ -91,17 +93,16 @@ def test_a_new_class_goes_through_libnftables(sandbox):
     assert be.diff(compile_document(parse_data(doc))) == ""
 
 
-def test_a_refused_batch_changes_nothing(sandbox, tmp_path, monkeypatch):
+def test_a_refused_batch_changes_nothing(sandbox):
     sb, be = sandbox
     before = be.live_text()
-    fault = tmp_path / "fault"
-    fault.touch()
-    monkeypatch.setenv(FAULT_ENV, str(fault))
+    be.kernel.refusing = True  # the netlink batch, then the same change as text, then full
     with pytest.raises(ApplyError):
         be.apply(compile_document(parse_data(with_members("10.1.0.30", "10.2.0.41"))))
+    assert be.kernel.refused == 2
     assert be.live_text() == before
     assert sb.probe_many([db("10.2.0.41"), db("10.2.0.40")]) == [Outcome.DROPPED, Outcome.OPEN]
-    fault.unlink()
+    be.kernel.refusing = False
     doc = with_members("10.1.0.30", "10.2.0.41")
     be.apply(compile_document(parse_data(doc)))
     assert be.diff(compile_document(parse_data(doc))) == ""

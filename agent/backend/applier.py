@@ -1,0 +1,63 @@
+"""Applying objects through a kernel, change-sized when it can be, whole when it must be.
+
+After a first apply, only the difference from what was applied is sent, as long as nothing
+else committed to the ruleset since (the kernel's generation is the one right after our own
+commit); otherwise, when asked for a full apply, or when the kernel refuses the difference,
+the whole table's contents are replaced, also in one transaction.  Counters of kept rules keep
+counting either way.  Backend-neutral: a backend hands it a kernel and a renderer.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Generic, TypeVar
+
+from .kernel import ApplyError, ApplyResult, Kernel, Refused
+from .objects import Objects
+from .transaction import diff, replace
+
+R = TypeVar("R")  # what the renderer renders (a Ruleset)
+Render = Callable[[R, "Objects | None", "R | None"], Objects]
+
+
+class Applier(Generic[R]):
+    """``render(desired, applied_objects, applied_ruleset)`` builds the objects for
+    ``desired``; it may use what was applied (None after :meth:`forget`) to build them
+    cheaply."""
+
+    def __init__(self, kernel: Kernel, render: Render) -> None:
+        self.kernel = kernel
+        self._render = render
+        self.applied: Objects | None = None
+        self._applied_rs: R | None = None
+        self._applied_gen: int | None = None    # ruleset generation right after our apply
+
+    def forget(self) -> None:
+        """Drop the memory of the last apply: the next one replaces the whole table."""
+        self.applied = self._applied_rs = self._applied_gen = None
+
+    def apply(self, rs: R, *, dry_run: bool = False, full: bool = False) -> ApplyResult:
+        gen = self.kernel.generation()
+        if gen is None or gen != self._applied_gen:
+            self.forget()
+        objs = self._render(rs, self.applied, self._applied_rs)
+        done, mode, tx = None, "delta", None
+        if not full and self.applied is not None:
+            tx = diff(self.applied, objs)
+            try:
+                done = self.kernel.execute(tx, genid=gen, dry_run=dry_run)
+            except Refused:
+                done = None
+        if done is None:
+            mode, tx = "full", replace(self.kernel.live(), objs)
+            try:
+                done = self.kernel.execute(tx, dry_run=dry_run)
+            except Refused as exc:
+                raise ApplyError(
+                    f"the kernel refused the ruleset, nothing was changed: {exc}") from None
+        if not dry_run:
+            after = self.kernel.generation()
+            committed = 1 if tx else 0
+            self.applied, self._applied_rs = objs, rs
+            # Trust the memory next time only if ours was the one commit in between.
+            self._applied_gen = after if gen is not None and after == gen + committed else None
+        return ApplyResult(objs, mode, done.commands, done.channel)

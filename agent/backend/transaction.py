@@ -1,0 +1,232 @@
+"""One transaction: what a change of the table consists of, as typed operations in an order
+the kernel accepts when it takes them one after the other, whatever executes it (libnftables
+text, a netlink batch, the in-memory fake).
+
+:func:`diff` gives the operations that turn the applied objects into the desired ones;
+:func:`replace` gives the operations that replace the live table's contents whole (for a first
+apply, a repair, or when a difference was refused).  Both keep the named counters that stay:
+a kept counter is never deleted, so its count never goes back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Union
+
+from .objects import Objects, Rule, SetDef
+
+
+@dataclass(frozen=True, slots=True)
+class AddTable:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class FlushTable:
+    """Remove every rule of every chain of the table (chains, sets, counters stay)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteTable:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class AddCounter:
+    name: str
+    comment: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteCounter:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class AddSet:
+    """A set or map (``set.is_map``) with its elements."""
+    name: str
+    set: SetDef
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteSet:
+    name: str
+    is_map: bool = False
+
+    @property
+    def kind(self) -> str:
+        return "map" if self.is_map else "set"
+
+
+@dataclass(frozen=True, slots=True)
+class AddChain:
+    name: str
+    header: str | None = None   # a base chain's hook, priority and policy; None: a plain chain
+
+
+@dataclass(frozen=True, slots=True)
+class FlushChain:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteChain:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class AddRules:
+    """Rules appended to a chain, in their order."""
+    chain: str
+    rules: tuple[Rule, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AddElements:
+    set: str
+    key_type: str                               # the set's type, e.g. "ipv4_addr"
+    items: tuple[tuple[str, str | None], ...]   # (key, value); a set's values are None
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteElements:
+    set: str
+    key_type: str
+    keys: tuple[str, ...]
+
+
+Op = Union[AddTable, FlushTable, DeleteTable, AddCounter, DeleteCounter, AddSet, DeleteSet,
+           AddChain, FlushChain, DeleteChain, AddRules, AddElements, DeleteElements]
+ELEMENT_OPS = (AddElements, DeleteElements)
+DECLARATIONS = (AddCounter, AddSet, AddChain, AddRules)
+
+
+@dataclass
+class Transaction:
+    """Operations committed together or not at all.  ``full``: it replaces the whole table's
+    contents (:func:`replace`), its declarations in one block after the deletions."""
+    ops: list[Op] = field(default_factory=list)
+    full: bool = False
+
+    def __iter__(self) -> Iterator[Op]:
+        return iter(self.ops)
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    def __bool__(self) -> bool:
+        return bool(self.ops)
+
+    def plus(self, *ops: Op) -> "Transaction":
+        """The same transaction with ``ops`` at its end."""
+        return Transaction(self.ops + list(ops), self.full)
+
+    @property
+    def elements_only(self) -> bool:
+        """Only set and map elements change (what a netlink batch can carry directly)."""
+        return bool(self.ops) and all(isinstance(op, ELEMENT_OPS) for op in self.ops)
+
+    @property
+    def element_count(self) -> int:
+        return sum(len(op.items) if isinstance(op, AddElements) else len(op.keys)
+                   for op in self.ops if isinstance(op, ELEMENT_OPS))
+
+
+@dataclass(frozen=True)
+class LiveObjects:
+    """The names of what the live table holds (without rules and elements)."""
+    chains: frozenset[str]
+    sets: frozenset[str]   # sets and maps, each named with its kind: "set NAME" / "map NAME"
+    counters: frozenset[str]
+    table: bool
+
+
+NO_TABLE = LiveObjects(frozenset(), frozenset(), frozenset(), False)
+
+
+def declarations(objs: Objects) -> list[Op]:
+    """Everything in ``objs``, in an order each operation finds what it refers to: counters,
+    chains (empty: map elements and rules go to them), sets and maps, then the rules."""
+    ops: list[Op] = [AddCounter(n, c) for n, c in objs.counters.items()]
+    ops += [AddChain(n, header) for n, (header, _) in objs.chains.items()]
+    ops += [AddSet(n, s) for n, s in objs.sets.items()]
+    ops += [AddRules(n, rules) for n, (_, rules) in objs.chains.items() if rules]
+    return ops
+
+
+def replace(live: LiveObjects, objs: Objects) -> Transaction:
+    """Replace the live table's contents with ``objs``, keeping the named counters that stay
+    (their counts never go backwards)."""
+    ops: list[Op] = [AddTable(), FlushTable()]
+    # Sets and maps go and come back whole (emptying a large interval map element by element
+    # inside the transaction that refills it costs the kernel seconds); maps may point at
+    # chains (goto), so they go before any chain does.
+    for kind_name in sorted(live.sets):  # "set NAME" or "map NAME"
+        kind, name = kind_name.split(" ", 1)
+        ops.append(DeleteSet(name, kind == "map"))
+    ops += [DeleteChain(n) for n in sorted(set(live.chains) - set(objs.chains))]
+    ops += [DeleteCounter(n) for n in sorted(set(live.counters) - set(objs.counters))]
+    return Transaction(ops + declarations(objs), full=True)
+
+
+def diff(old: Objects, new: Objects) -> Transaction:
+    """Only what differs from ``old`` (which must be what the kernel holds now), as one
+    transaction.  Counter names hash their whole identity, so a kept name keeps its comment
+    and its count."""
+    create: list[Op] = []      # new counters, sets, maps
+    new_chains: list[Op] = []  # new chains, empty (map elements may jump to them)
+    flush: list[Op] = []       # chains whose rules change or go
+    unelem: list[Op] = []      # elements that go
+    recreate: list[Op] = []    # sets whose type changed: delete and add again
+    elem: list[Op] = []        # elements that come
+    rules: list[Op] = []       # the rules of new and changed chains
+    delete: list[Op] = []      # chains, sets, counters that go
+    # (the key views compare at C speed: a change of members leaves them all equal)
+    if new.counters.keys() != old.counters.keys():
+        create += [AddCounter(n, c) for n, c in new.counters.items() if n not in old.counters]
+    for name, s in new.sets.items():
+        o = old.sets.get(name)
+        if o is s:
+            continue  # the very same object: nothing changed
+        if o is None:
+            create.append(AddSet(name, s))
+            continue
+        if not o.same_shape(s):
+            recreate.append(DeleteSet(name, o.is_map))
+            recreate.append(AddSet(name, s))
+            continue
+        come: list[tuple[str, str | None]]
+        if s.values is not None:
+            new_m, old_m = s.mapping(), o.mapping()
+            gone = [k for k, v in old_m.items() if new_m.get(k) != v]
+            come = [(k, v) for k, v in new_m.items() if old_m.get(k) != v]
+        else:
+            gone = sorted(o.elements - s.elements)
+            come = [(k, None) for k in sorted(s.elements - o.elements)]
+        if gone:
+            unelem.append(DeleteElements(name, s.type, tuple(gone)))
+        if come:
+            elem.append(AddElements(name, s.type, tuple(come)))
+    for name, entry in new.chains.items():
+        prev = old.chains.get(name)
+        if prev is entry or prev == entry:
+            continue
+        header, chain_rules = entry
+        if prev is None:
+            new_chains.append(AddChain(name, header))
+        else:
+            flush.append(FlushChain(name))
+        if chain_rules:
+            rules.append(AddRules(name, chain_rules))
+    # Maps that go may jump to chains that go: the maps first.
+    if not old.sets.keys() <= new.sets.keys():
+        delete += [DeleteSet(n, s.is_map) for n, s in old.sets.items() if n not in new.sets]
+    if not old.chains.keys() <= new.chains.keys():
+        for name in old.chains:
+            if name not in new.chains:
+                flush.append(FlushChain(name))
+                delete.append(DeleteChain(name))
+    if not old.counters.keys() <= new.counters.keys():
+        delete += [DeleteCounter(n) for n in old.counters if n not in new.counters]
+    return Transaction(new_chains + create + flush + unelem + recreate + elem + rules + delete)
