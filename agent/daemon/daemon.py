@@ -80,15 +80,16 @@ DRIFT = _Signal("drift")  # someone saw the table change: check it now
 
 
 class Daemon:
-    """``backend``: what applies rulesets (default: nftables in ``cfg.netns``); ``source``:
-    makes the source from the function it hands events to (default: ``cfg.source``'s)."""
+    """``backend``: what applies rulesets (default: nftables in ``cfg.netns``);
+    ``source_factory``: makes the source from the function it hands its events to (default:
+    the source ``cfg.source`` describes)."""
 
     def __init__(self, cfg: Config, *, notifier: Notifier | None = None,
                  backend: Backend | None = None,
-                 source: Callable[[Emit], Source] | None = None) -> None:
+                 source_factory: Callable[[Emit], Source] | None = None) -> None:
         self.cfg = cfg
         self._make_backend = (lambda: backend) if backend is not None else self._default_backend
-        self._make_source = source or (lambda emit: make_source(cfg.source, emit))
+        self._make_source = source_factory or (lambda emit: make_source(cfg.source, emit))
         self.events: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         self.notifier = notifier or Notifier()
         self.store = StateStore(cfg.state_dir)

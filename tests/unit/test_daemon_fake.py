@@ -81,7 +81,8 @@ class Running:
         def make_source(emit):
             self.source = HandSource(emit)
             return self.source
-        self.daemon = Daemon(self.cfg, backend=NftBackend(kernel=kernel), source=make_source)
+        self.daemon = Daemon(self.cfg, backend=NftBackend(kernel=kernel),
+                             source_factory=make_source)
 
     def run(self, steps: Callable[["Running"], None], before: Callable[[HandSource], None]
             = lambda s: None) -> None:
@@ -132,7 +133,8 @@ def test_a_new_document_is_applied_as_a_difference(tmp_path):
         assert kernel.listing() == loaded(B)
         assert kernel.commits == commits + 1
         assert r.daemon.ready
-        assert StateStore(r.cfg.state_dir).load().raw == json.dumps(B).encode()
+        wait_until(lambda: StateStore(r.cfg.state_dir).load().raw == json.dumps(B).encode(), 5,
+                   what="B saved as last known good")
         members = document([80, 8443], members=["10.1.0.5", "10.1.0.6"])
         r.send(members)
         wait_until(lambda: r.applied(members), 5, what="a members change")
@@ -163,9 +165,10 @@ def test_the_last_known_good_document_is_applied_when_the_source_is_down_at_star
     StateStore(r.cfg.state_dir).save(json.dumps(A).encode(), "earlier")
 
     def steps(r: Running) -> None:
-        wait_until(lambda: r.daemon.applied is not None, 5, what="the last known good")
+        wait_until(lambda: r.daemon.ready, 5, what="the last known good")
+        assert r.daemon.applied is not None
         assert r.daemon.applied.origin == "last known good (earlier)"
-        assert kernel.listing() == loaded(A) and r.daemon.ready
+        assert kernel.listing() == loaded(A)
         r.send(B)  # and the source, once back, takes over
         wait_until(lambda: r.applied(B), 5, what="B")
         assert kernel.listing() == loaded(B)
