@@ -10,6 +10,7 @@ references back out of rule text.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -90,7 +91,25 @@ class Objects:
     plans: dict[str, Any] = field(default_factory=dict)
     #        NIC chain -> {family: peerclass.Plan}: what the set rendering's address maps were
     #        built from, kept so that a membership change can touch only its pieces
+    changed: Changed | None = None
+    #        set by whoever builds these objects from others by touching only some names (a
+    #        membership change), so that the diff against those looks at nothing else
 
     def ref(self, chain: str, n: int = 1) -> None:
         """Count ``n`` more references to a class chain (negative: fewer)."""
         self.refs[chain] = self.refs.get(chain, 0) + n
+
+
+class Changed:
+    """The names (added, changed or removed) in which some objects may differ from the ones
+    they were built from; every other name holds the very same value.  The base is held
+    weakly: the promise is only about that object, and must not keep it alive."""
+
+    def __init__(self, base: Objects) -> None:
+        self._base = weakref.ref(base)
+        self.counters: dict[str, None] = {}   # dicts as ordered sets: a deterministic order
+        self.sets: dict[str, None] = {}
+        self.chains: dict[str, None] = {}
+
+    def relative_to(self, objs: Objects) -> bool:
+        return self._base() is objs

@@ -173,7 +173,17 @@ def replace(live: LiveObjects, objs: Objects) -> Transaction:
 def diff(old: Objects, new: Objects) -> Transaction:
     """Only what differs from ``old`` (which must be what the kernel holds now), as one
     transaction.  Counter names hash their whole identity, so a kept name keeps its comment
-    and its count."""
+    and its count.  When ``new`` says which names it changed relative to ``old``
+    (:class:`~sgagent.backend.objects.Changed`), only those are compared: the diff is as small
+    as the change, whatever the size of the table."""
+    ch = new.changed
+    if ch is not None and ch.relative_to(old):
+        return _diff(old, new, ch.counters, ch.sets, ch.chains)
+    return _diff(old, new, None, None, None)
+
+
+def _diff(old: Objects, new: Objects, counter_names, set_names, chain_names) -> Transaction:
+    """The diff over the given names of each kind (None: all of them)."""
     create: list[Op] = []      # new counters, sets, maps
     new_chains: list[Op] = []  # new chains, empty (map elements may jump to them)
     flush: list[Op] = []       # chains whose rules change or go
@@ -182,13 +192,16 @@ def diff(old: Objects, new: Objects) -> Transaction:
     elem: list[Op] = []        # elements that come
     rules: list[Op] = []       # the rules of new and changed chains
     delete: list[Op] = []      # chains, sets, counters that go
-    # (the key views compare at C speed: a change of members leaves them all equal)
-    if new.counters.keys() != old.counters.keys():
-        create += [AddCounter(n, c) for n, c in new.counters.items() if n not in old.counters]
-    for name, s in new.sets.items():
+    # (key views compare at C speed: a change of members leaves them all equal)
+    if counter_names is not None or new.counters.keys() != old.counters.keys():
+        names = new.counters if counter_names is None else counter_names
+        create += [AddCounter(n, new.counters[n]) for n in names
+                   if n in new.counters and n not in old.counters]
+    for name in new.sets if set_names is None else set_names:
+        s = new.sets.get(name)
         o = old.sets.get(name)
-        if o is s:
-            continue  # the very same object: nothing changed
+        if o is s or s is None:
+            continue  # the very same object (nothing changed), or gone (below)
         if o is None:
             create.append(AddSet(name, s))
             continue
@@ -208,9 +221,10 @@ def diff(old: Objects, new: Objects) -> Transaction:
             unelem.append(DeleteElements(name, s.type, tuple(gone)))
         if come:
             elem.append(AddElements(name, s.type, tuple(come)))
-    for name, entry in new.chains.items():
+    for name in new.chains if chain_names is None else chain_names:
+        entry = new.chains.get(name)
         prev = old.chains.get(name)
-        if prev is entry or prev == entry:
+        if entry is None or prev is entry or prev == entry:
             continue
         header, chain_rules = entry
         if prev is None:
@@ -220,13 +234,17 @@ def diff(old: Objects, new: Objects) -> Transaction:
         if chain_rules:
             rules.append(AddRules(name, chain_rules))
     # Maps that go may jump to chains that go: the maps first.
-    if not old.sets.keys() <= new.sets.keys():
-        delete += [DeleteSet(n, s.is_map) for n, s in old.sets.items() if n not in new.sets]
-    if not old.chains.keys() <= new.chains.keys():
-        for name in old.chains:
-            if name not in new.chains:
+    if set_names is not None or not old.sets.keys() <= new.sets.keys():
+        delete += [DeleteSet(n, old.sets[n].is_map) for n in
+                   (old.sets if set_names is None else set_names)
+                   if n in old.sets and n not in new.sets]
+    if chain_names is not None or not old.chains.keys() <= new.chains.keys():
+        for name in old.chains if chain_names is None else chain_names:
+            if name in old.chains and name not in new.chains:
                 flush.append(FlushChain(name))
                 delete.append(DeleteChain(name))
-    if not old.counters.keys() <= new.counters.keys():
-        delete += [DeleteCounter(n) for n in old.counters if n not in new.counters]
+    if counter_names is not None or not old.counters.keys() <= new.counters.keys():
+        delete += [DeleteCounter(n) for n in (old.counters if counter_names is None
+                                              else counter_names)
+                   if n in old.counters and n not in new.counters]
     return Transaction(new_chains + create + flush + unelem + recreate + elem + rules + delete)

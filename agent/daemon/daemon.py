@@ -146,7 +146,7 @@ class Daemon:
         self._start_metrics()
         self.source = self._make_source(self.events.put)
         log.info("sgagent daemon starting: source %s, backend %s%s, state %s, resync every %gs, "
-                 "revocation %s", self.source.description, self.cfg.backend,
+                 "revocation %s", self.source.description, self.backend.name,
                  f" in netns {self.cfg.netns}" if self.cfg.netns else "", self.cfg.state_dir,
                  self.cfg.resync_interval, "on" if self.cfg.revocation else "off")
         self.notifier.status("starting: waiting for the source")

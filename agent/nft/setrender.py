@@ -34,11 +34,11 @@ from __future__ import annotations
 import hashlib
 import socket
 
+from ..backend.objects import Changed, verdict_chain
 from ..ir import Chain, Decision, GroupSet, Ruleset
 from ..partition import Painted, overlay
 from ..peerclass import ICMP, TCP, UDP, Plan, plan_chain
 from .names import chain_name, counter_name, set_name
-from ..backend.objects import verdict_chain
 from .objects import Objects, Rule, SetDef
 from .render import VERB, member_set, tail, verdict_rules
 
@@ -60,7 +60,8 @@ class ChainRenderer:
         self.base = chain_name(chain.nic, chain.direction)
         self.addr = VERB[chain.direction][1]
         self.tail_chain = "t_" + self.base  # inner access and the default, shared
-        self.created: list[str] = []        # class chains this renderer added to objs
+        self.created_chains: list[str] = []  # what this renderer added to objs
+        self.created_sets: list[str] = []
         self._names: dict[tuple, str] = {}
 
     def map_names(self, family: int) -> tuple[str, str]:
@@ -114,7 +115,7 @@ class ChainRenderer:
         name = "k_" + _digest(plan.family, self.base, *(r.text for r in rules))
         if name not in self.objs.chains:
             self.objs.chains[name] = (None, tuple(rules))
-            self.created.append(name)
+            self.created_chains.append(name)
             for r in rules:
                 for target in r.targets:
                     self.objs.ref(target)
@@ -141,7 +142,7 @@ class ChainRenderer:
         name = "k_" + _digest(family, self.base, *(r.text for r in rules))
         if name not in self.objs.chains:
             self.objs.chains[name] = (None, tuple(rules))
-            self.created.append(name)
+            self.created_chains.append(name)
             if base:
                 self.objs.ref(after)
         self._names[key] = name
@@ -186,7 +187,7 @@ class ChainRenderer:
         values = []
         for owner, boxes in owners.items():
             target = f"goto {self.tail_chain}" if owner is None else \
-                f"goto {decider(self.chain.decisions[owner], self.objs)}"
+                f"goto {decider(self.chain.decisions[owner], self.objs, self.created_chains)}"
             for plo, phi, vlo, vhi in boxes:
                 key = _rng(plo, phi) if kind == "other" else _rng(vlo, vhi)
                 values.append((key, target))
@@ -195,7 +196,9 @@ class ChainRenderer:
                "icmp": "icmp_type" if family == 4 else "icmpv6_type"}[kind]
         vmap = SetDef(typ, frozenset(k for k, _ in values), tuple(values), interval=True)
         name = f"m{kind[0]}_" + _digest(typ, *(f"{k}:{v}" for k, v in values))
-        self.objs.sets.setdefault(name, vmap)
+        if name not in self.objs.sets:
+            self.objs.sets[name] = vmap
+            self.created_sets.append(name)
         return Rule(f"{_selector(kind, family)} vmap @{name}", sets=(name,))
 
     def body(self, plans: dict[int, Plan]) -> list[Rule]:
@@ -235,12 +238,15 @@ def chain_body(chain: Chain, objs: Objects, groups: dict[str, GroupSet]) -> list
     return r.body(plans)
 
 
-def decider(decision: Decision, objs: Objects) -> str:
+def decider(decision: Decision, objs: Objects, created: list[str] | None = None) -> str:
     """The small chain an element of a verdict map jumps to: it counts on the decision's named
-    counter and gives its verdict (accept returns from the NIC's chain to the base chain)."""
+    counter and gives its verdict (accept returns from the NIC's chain to the base chain).
+    Added to ``objs`` (and its name to ``created``) if new."""
     name = "d" + counter_name(decision.counter)[1:]
     if name not in objs.chains:
         objs.chains[name] = (None, tuple(verdict_rules(decision.counter, decision.action, None)))
+        if created is not None:
+            created.append(name)
     return name
 
 
@@ -313,13 +319,15 @@ def member_update(old: Objects, old_rs: Ruleset, rs: Ruleset) -> Objects | None:
     in the exact address map, the class chains of their new rows, the group's member set.
     Exactly what :func:`render` would give, without its cost; None where this cannot be done
     alone (a class chain left unused holds a verdict map), and the caller renders it all.
-    Unchanged sets and chains are the very objects of ``old``, so that the diff against it
+    Unchanged sets and chains are the very objects of ``old``, and the result names what it
+    changed (``changed``), so that the diff against ``old``
     (:func:`sgagent.backend.transaction.diff`) is as small as the change."""
     before = {g.name: g for g in old_rs.groups}
     if set(before) != {g.name for g in rs.groups}:
         return None
     new = Objects(dict(old.counters), dict(old.sets), dict(old.chains), dict(old.refs),
                   dict(old.exact), dict(old.plans))
+    new.changed = delta = Changed(old)
     changed: dict[str, GroupSet] = {}
     for g in rs.groups:
         o = before[g.name]
@@ -330,12 +338,15 @@ def member_update(old: Objects, old_rs: Ruleset, rs: Ruleset) -> Objects | None:
                 gone, come = old.sets[name].elements - s.elements, s.elements - old.sets[name].elements
                 if gone or come:
                     new.sets[name] = s
+                    delta.sets[name] = None
     unused: set[str] = set()
+    renderers: list[ChainRenderer] = []
     for chain in rs.chains:
         r = ChainRenderer(chain, new)
         plans = old.plans.get(r.base)
         if plans is None:
             return None
+        renderers.append(r)
         for family, plan in plans.items():
             touched = [g for g in plan.members if g in changed]
             if not touched:
@@ -373,12 +384,18 @@ def member_update(old: Objects, old_rs: Ruleset, rs: Ruleset) -> Objects | None:
                 continue
             new.exact[name] = elements
             new.sets[name] = exact_setdef(family, elements)
+            delta.sets[name] = None
+    for r in renderers:
+        delta.chains.update(dict.fromkeys(r.created_chains))
+        delta.sets.update(dict.fromkeys(r.created_sets))
+    removed: list[str] = []
     while unused:  # class chains nothing goes to any more, and what only they went to
         name = unused.pop()
         if new.refs.get(name, 0) > 0:
             continue
         rules = new.chains.pop(name)[1]
         new.refs.pop(name, None)
+        removed.append(name)
         if any(new.sets[s].is_map for rule in rules for s in rule.sets):
             return None  # a verdict map that would fall out of use too
         for rule in rules:  # the class chains it went to (through its last rule)
@@ -386,5 +403,6 @@ def member_update(old: Objects, old_rs: Ruleset, rs: Ruleset) -> Objects | None:
                 if target.startswith("k_"):
                     new.ref(target, -1)
                     unused.add(target)
+    delta.chains.update(dict.fromkeys(sorted(removed)))
     return new
 

@@ -48,6 +48,8 @@ def test_restart_without_source_adopts_the_table_of_the_saved_document(
     # taken as applied: a foreign flush is repaired at once (the resync is 600 s away)
     nft(sandbox.host_ns, "flush", "table", "inet", "sgagent")
     d2.wait_log(r"drift: the live ruleset is not the one applied", timeout=10)
+    # (the counters, which dports reads, outlive a flush: wait for the repair itself)
+    d2.wait_log(r"drift repaired", timeout=10)
     wait_until(lambda: dports(sandbox.host_ns) == {7070}, 10, what="the repaired table")
     assert probe(sandbox, 7070, 7071) == [Outcome.OPEN, Outcome.DROPPED]
     assert d2.stop() == 0

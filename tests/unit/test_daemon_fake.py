@@ -12,12 +12,10 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-import pytest
-
 from sgagent.backend.fake import FakeKernel
 from sgagent.backend.faults import Faulty
-from sgagent.backend.transaction import NO_TABLE, AddRules, FlushChain, replace
 from sgagent.backend.objects import Rule
+from sgagent.backend.transaction import NO_TABLE, AddRules, FlushChain, replace
 from sgagent.compiler import compile_document
 from sgagent.daemon.config import parse_config
 from sgagent.daemon.daemon import HUP, TERM, Daemon

@@ -64,7 +64,35 @@ def test_a_diff_is_accepted_and_leaves_what_a_fresh_load_leaves(seed, rendering)
         result = be.apply(rs)
         assert result.mode == ("full" if before is None else "delta")
         assert kernel.listing() == fresh(render(rs, rendering)).listing()
+        assert be.diff(rs) == ""  # (loaded into a scratch fake, listed and compared)
         before = kernel.listing()
+    assert be.diff(compile_document(parse_data(b_raw))).startswith("--- live\n+++ apply\n")
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(st.integers(0, 2**32 - 1))
+def test_a_membership_change_names_what_it_changed_and_nothing_else(seed):
+    """member_update says which names it touched, and the diff then compares only those: it
+    must find exactly what the diff over the whole table finds."""
+    import copy as copy_mod
+    from sgagent.nft.setrender import member_update
+    rnd = random.Random(seed)
+    raw = gen_document(rnd)
+    old_rs = compile_document(parse_data(raw))
+    old = render(old_rs, "sets")
+    rs = compile_document(parse_data(members_changed(raw, rnd)))
+    if rs.chains != old_rs.chains:
+        return
+    new = member_update(old, old_rs, rs)
+    if new is None:
+        return
+    assert new.changed is not None and new.changed.relative_to(old)
+    unhinted = copy_mod.copy(new)
+    unhinted.changed = None
+    hinted, whole = diff(old, new), diff(old, unhinted)
+    assert sorted(script(hinted).splitlines()) == sorted(script(whole).splitlines())
+    assert [type(op) for op in hinted] == [type(op) for op in whole]  # the same order of kinds
+    assert not new.changed.relative_to(render(old_rs, "sets"))  # only about that very object
 
 
 def test_counters_of_kept_rules_keep_counting_across_diffs_and_replacements():
