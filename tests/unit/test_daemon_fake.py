@@ -236,3 +236,20 @@ def test_counters_of_kept_rules_never_go_back(tmp_path):
         wait_until(lambda: r.daemon.repairs == 1, 5, what="the repair")
         assert counts() == after
     r.run(steps)
+
+
+def test_the_boot_restore_loads_the_saved_document_once(tmp_path):
+    from sgagent.daemon.restore import restore
+    kernel = FakeKernel(parse_comment)
+    state = str(tmp_path / "state")
+    r = restore(state, None, backend=NftBackend(kernel=kernel))
+    assert not r.applied and "nothing saved" in r.message and kernel.listing() == ""
+    StateStore(state).save(json.dumps(A).encode(), "earlier")
+    assert restore(state, None, backend=NftBackend(kernel=kernel)).applied
+    assert kernel.listing() == loaded(A) and kernel.closed
+    gen = kernel.generation()
+    StateStore(state).save(json.dumps(B).encode(), "later")
+    r = restore(state, None, backend=NftBackend(kernel=kernel))  # a table is loaded: kept
+    assert not r.applied and kernel.generation() == gen
+    assert restore(state, None, force=True, backend=NftBackend(kernel=kernel)).applied
+    assert kernel.listing() == loaded(B)
