@@ -251,3 +251,33 @@ def test_watchers_hear_of_tampering_until_closed():
     w.close()
     k.tamper(AddChain("k_z"))
     assert heard == [1]
+
+
+def test_a_difference_that_rebuilds_much_of_the_table_is_a_full_replacement():
+    """Replacing most chains one by one costs libnftables several times loading the table
+    whole: past a share of the chains the applier replaces the table instead; a change of a
+    few chains stays a difference."""
+    from sgagent.backend.applier import REPLACE_MIN_CHAINS, Applier
+    from sgagent.backend.objects import Objects
+
+    def table(prefix: str, chains: int, extra: str = "") -> Objects:
+        objs = Objects()
+        objs.counters["c_1"] = "x"
+        objs.chains["in_eth0"] = (None, tuple(Rule(f"goto {prefix}{i}", targets=(f"{prefix}{i}",))
+                                              for i in range(chains)))
+        for i in range(chains):
+            objs.chains[f"{prefix}{i}"] = (None, (Rule(f"counter name c_1 drop{extra}",
+                                                       counters=("c_1",)),))
+        return objs
+
+    n = 2 * REPLACE_MIN_CHAINS
+    kernel = FakeKernel()
+    applier = Applier(kernel, lambda objs, *_: objs)
+    assert applier.apply(table("k_a", n)).mode == "full"
+    kernel.count("c_1", 7)
+    edit = table("k_a", n)
+    edit.chains["k_a0"] = (None, (Rule("counter name c_1 accept", counters=("c_1",)),))
+    assert applier.apply(edit).mode == "delta"
+    result = applier.apply(table("k_b", n))  # every chain another
+    assert result.mode == "full" and kernel.values()["c_1"] == (7, 448)
+    assert kernel.listing() == fresh(table("k_b", n)).listing()
