@@ -162,10 +162,10 @@ def make_packet(doc: Document, nic: str, direction: str, peer: str, protocol: st
     names = [n.name for n in doc.host.nics]
     if nic not in names:
         raise UserError(f"--nic: {nic!r} is not a NIC of this host ({', '.join(names)})")
-    from .model import _DIRECTIONS  # the document's spellings: ingress, egress, in, out, ...
-    if direction.strip().lower() not in _DIRECTIONS:
+    from .model import DIRECTIONS  # the document's spellings: ingress, egress, in, out, ...
+    if direction.strip().lower() not in DIRECTIONS:
         raise UserError(f"--direction: {direction!r} is not inbound or outbound")
-    direction = _DIRECTIONS[direction.strip().lower()]
+    direction = DIRECTIONS[direction.strip().lower()]
     try:
         addr = ipaddress.ip_address(peer)
     except ValueError:

@@ -112,7 +112,7 @@ def interface_name_problem(name: str) -> str | None:
     return None
 
 
-_DIRECTIONS = {"inbound": "inbound", "ingress": "inbound", "in": "inbound",
+DIRECTIONS = {"inbound": "inbound", "ingress": "inbound", "in": "inbound",
                "outbound": "outbound", "egress": "outbound", "out": "outbound"}
 _POLICIES = {"accept": "accept", "allow": "accept",
              "drop": "drop", "deny": "drop",
@@ -373,7 +373,7 @@ def _rule_proto_ports(data: dict[str, Any]) -> dict[str, Any]:
 
 class _Matchable(Strict):
     """What a rule and a failsafe entry have in common: the match."""
-    direction: Annotated[Direction, BeforeValidator(_enum(_DIRECTIONS, "direction")), _enum_schema(_DIRECTIONS, "direction")]
+    direction: Annotated[Direction, BeforeValidator(_enum(DIRECTIONS, "direction")), _enum_schema(DIRECTIONS, "direction")]
     protocol: Annotated[Protocol | None, BeforeValidator(_enum(_PROTOCOLS, "protocol")),
                         _enum_schema(_PROTOCOLS, "protocol", nullable=True)] = None
     ports: Ports = Field(default=None, description="tcp/udp destination ports; default all")

@@ -20,8 +20,8 @@ import struct
 import time
 
 from ..backend.transaction import AddElements, DeleteElements
-from .netlink import (_I32, _NLMSG, NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NLM_F_REQUEST,
-                      NLMSG_ERROR, NetfilterSocket, NetlinkError, _attr, messages)
+from .netlink import (I32, NLMSG, NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NLM_F_REQUEST,
+                      NLMSG_ERROR, NetfilterSocket, NetlinkError, nlattr, messages)
 from .names import TABLE
 
 NFNL_MSG_BATCH_BEGIN = 0x10
@@ -60,7 +60,7 @@ def encode_batch(ops: list[ElementOp], seq: int, genid: int | None) -> tuple[byt
     of the element messages."""
     begin_body = struct.pack("=BB", 0, 0) + struct.pack(">H", NFNL_SUBSYS_NFTABLES)
     if genid is not None:
-        begin_body += _attr(NFNL_BATCH_GENID, struct.pack(">I", genid))
+        begin_body += nlattr(NFNL_BATCH_GENID, struct.pack(">I", genid))
     out = [_msg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, begin_body)]
     seqs = []
     for op in ops:
@@ -74,9 +74,9 @@ def encode_batch(ops: list[ElementOp], seq: int, genid: int | None) -> tuple[byt
         if not elems:
             continue
         body = (struct.pack("=BBH", NFPROTO_INET, 0, 0)
-                + _attr(NFTA_SET_ELEM_LIST_TABLE, _TABLE_Z)
-                + _attr(NFTA_SET_ELEM_LIST_SET, op.set.encode() + b"\0")
-                + _attr(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, elems))
+                + nlattr(NFTA_SET_ELEM_LIST_TABLE, _TABLE_Z)
+                + nlattr(NFTA_SET_ELEM_LIST_SET, op.set.encode() + b"\0")
+                + nlattr(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, elems))
         seq += 1
         seqs.append(seq)
         flags = NLM_F_REQUEST | NLM_F_ACK | (NLM_F_CREATE if kind == NFT_MSG_NEWSETELEM else 0)
@@ -86,18 +86,18 @@ def encode_batch(ops: list[ElementOp], seq: int, genid: int | None) -> tuple[byt
 
 
 def _msg(mtype: int, flags: int, seq: int, body: bytes) -> bytes:
-    return _NLMSG.pack(_NLMSG.size + len(body), mtype, flags, seq, 0) + body
+    return NLMSG.pack(NLMSG.size + len(body), mtype, flags, seq, 0) + body
 
 
 def _element(family: int, key: str, verdict: str | None = None) -> bytes:
     addr = socket.inet_pton(socket.AF_INET if family == 4 else socket.AF_INET6, key)
-    inner = _attr(NFTA_SET_ELEM_KEY | NLA_F_NESTED, _attr(NFTA_DATA_VALUE, addr))
+    inner = nlattr(NFTA_SET_ELEM_KEY | NLA_F_NESTED, nlattr(NFTA_DATA_VALUE, addr))
     if verdict is not None:
         kind, _, chain = verdict.partition(" ")
-        v = (_attr(NFTA_VERDICT_CODE, struct.pack(">i", _VERDICTS[kind]))
-             + _attr(NFTA_VERDICT_CHAIN, chain.encode() + b"\0"))
-        inner += _attr(NFTA_SET_ELEM_DATA | NLA_F_NESTED, _attr(NFTA_DATA_VERDICT | NLA_F_NESTED, v))
-    return _attr(NFTA_LIST_ELEM | NLA_F_NESTED, inner)
+        v = (nlattr(NFTA_VERDICT_CODE, struct.pack(">i", _VERDICTS[kind]))
+             + nlattr(NFTA_VERDICT_CHAIN, chain.encode() + b"\0"))
+        inner += nlattr(NFTA_SET_ELEM_DATA | NLA_F_NESTED, nlattr(NFTA_DATA_VERDICT | NLA_F_NESTED, v))
+    return nlattr(NFTA_LIST_ELEM | NLA_F_NESTED, inner)
 
 
 class NetlinkElementWriter(NetfilterSocket):
@@ -137,7 +137,7 @@ class NetlinkElementWriter(NetfilterSocket):
             n = sock.recv_into(buf)
             for off, _, mtype, mseq in messages(buf, n):
                 if mtype == NLMSG_ERROR and first <= mseq <= last:
-                    err = _I32.unpack_from(buf, off + 16)[0]
+                    err = I32.unpack_from(buf, off + 16)[0]
                     if err:
                         raise NetlinkError(-err, f"element update refused: {os.strerror(-err)}")
                     waiting.discard(mseq)

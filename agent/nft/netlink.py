@@ -62,10 +62,10 @@ NFTA_COUNTER_PACKETS = 2
 NFTNL_UDATA_OBJ_COMMENT = 0
 NLA_TYPE_MASK = 0x3FFF
 
-_NLMSG = struct.Struct("=IHHII")
+NLMSG = struct.Struct("=IHHII")
 _NLA = struct.Struct("=HH")
 _U64BE = struct.Struct(">Q")
-_I32 = struct.Struct("=i")
+I32 = struct.Struct("=i")
 _NEWOBJ = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWOBJ
 _NEWGEN = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN
 _TABLE_Z = TABLE.encode() + b"\0"
@@ -100,7 +100,7 @@ def messages(buf, n: int):
     """(offset, length, type, sequence number) of each netlink message in ``buf[:n]``."""
     off = 0
     while off + 16 <= n:
-        mlen, mtype, _, mseq, _ = _NLMSG.unpack_from(buf, off)
+        mlen, mtype, _, mseq, _ = NLMSG.unpack_from(buf, off)
         if mlen < 16:
             return
         yield off, mlen, mtype, mseq
@@ -146,16 +146,16 @@ class NetfilterSocket:
             self._drop_socket()
 
 
-def _attr(atype: int, payload: bytes) -> bytes:
+def nlattr(atype: int, payload: bytes) -> bytes:
     length = _NLA.size + len(payload)
     return _NLA.pack(length, atype) + payload + b"\0" * ((-length) & 3)
 
 
 def _request(seq: int) -> bytes:
     body = (struct.pack("=BBH", NFPROTO_INET, 0, 0)
-            + _attr(NFTA_OBJ_TABLE, _TABLE_Z)
-            + _attr(NFTA_OBJ_TYPE, struct.pack(">I", NFT_OBJECT_COUNTER)))
-    return _NLMSG.pack(_NLMSG.size + len(body), (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETOBJ,
+            + nlattr(NFTA_OBJ_TABLE, _TABLE_Z)
+            + nlattr(NFTA_OBJ_TYPE, struct.pack(">I", NFT_OBJECT_COUNTER)))
+    return NLMSG.pack(NLMSG.size + len(body), (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETOBJ,
                        NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
 
 
@@ -188,7 +188,7 @@ def _slow(buf, start: int, end: int) -> list[tuple[bytes | None, int, int]]:
     out = []
     off = start
     while off + 16 <= end:
-        mlen, mtype = _NLMSG.unpack_from(buf, off)[:2]
+        mlen, mtype = NLMSG.unpack_from(buf, off)[:2]
         if mlen < 16:
             break
         if mtype == _NEWOBJ and buf[off + 16] == NFPROTO_INET:
@@ -308,7 +308,7 @@ class NetlinkCounterReader(NetfilterSocket):
         sock = self._socket()
         self._seq = (self._seq + 1) & 0xFFFFFFFF
         seq = self._seq
-        sock.send(_NLMSG.pack(_NLMSG.size + 4, (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN,
+        sock.send(NLMSG.pack(NLMSG.size + 4, (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN,
                               NLM_F_REQUEST, seq, 0) + struct.pack("=BBH", 0, 0, 0))
         buf = self._buf
         for _ in range(64):
@@ -317,7 +317,7 @@ class NetlinkCounterReader(NetfilterSocket):
                 if mseq != seq:
                     continue
                 if mtype == NLMSG_ERROR:
-                    err = _I32.unpack_from(buf, off + 16)[0]
+                    err = I32.unpack_from(buf, off + 16)[0]
                     raise NetlinkError(-err or errno.EPROTO,
                                        f"ruleset generation: {os.strerror(-err or errno.EPROTO)}")
                 if mtype == _NEWGEN:
@@ -341,7 +341,7 @@ class NetlinkCounterReader(NetfilterSocket):
         buf, keys = self._buf, self._keys
         out: list[tuple[bytes, CounterKey, int, int]] = []
         interrupted = False
-        unpack_msg = _NLMSG.unpack_from
+        unpack_msg = NLMSG.unpack_from
         from_bytes = int.from_bytes
         while True:
             n = sock.recv_into(buf)
@@ -365,13 +365,13 @@ class NetlinkCounterReader(NetfilterSocket):
                         if buf[off + 16] != NFPROTO_INET or not buf.startswith(_TABLE_ATTR, off + 20):
                             odd = True
                     elif mtype == NLMSG_DONE:
-                        err = _I32.unpack_from(buf, off + 16)[0] if mlen >= 20 else 0
+                        err = I32.unpack_from(buf, off + 16)[0] if mlen >= 20 else 0
                         if err < 0:
                             raise NetlinkError(-err, f"counter dump: {os.strerror(-err)}")
                         done = True
                         break
                     elif mtype == NLMSG_ERROR:
-                        err = _I32.unpack_from(buf, off + 16)[0]
+                        err = I32.unpack_from(buf, off + 16)[0]
                         if err < 0:
                             if -err == errno.ENOENT:    # no sgagent table: no counters
                                 return []
