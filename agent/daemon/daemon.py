@@ -37,10 +37,10 @@ from ..compiler import compile_document
 from ..ir import Ruleset
 from ..load import DocumentError
 from ..model import Document
-from .config import Config
+from .config import Config, SourceConfig
 from .sdnotify import Notifier
 from .sources import (Emit, Invalid, Snapshot, Source, SourceEvent, Unavailable, Unchanged,
-                      describe, make_source)
+                      describe)
 from .state import Saved, StateStore
 
 try:
@@ -623,3 +623,16 @@ def run(cfg: Config) -> int:
             log.exception("the daemon crashed; the rules stay in force")
             return 1
         raise
+
+
+def make_source(cfg: SourceConfig, emit: Emit) -> Source:
+    """The source the config names (its module imported only when used)."""
+    if cfg.file is not None:
+        from .source_file import FileSource
+        return FileSource(cfg.file, emit)
+    if cfg.https is not None:
+        from .source_https import HttpsSource
+        return HttpsSource(cfg.https, emit)
+    assert cfg.etcd is not None
+    from .source_etcd import EtcdSource
+    return EtcdSource(cfg.etcd, emit)

@@ -31,7 +31,6 @@ from typing import Callable, Union
 from ..load import DocumentError
 from ..model import Document
 from .config import Backoff as BackoffConfig
-from .config import SourceConfig
 from .state import digest as _digest
 
 log = logging.getLogger(__name__)
@@ -257,15 +256,3 @@ class Source:
                                    "restarted"))
             if self.wait(delay):
                 return
-
-
-def make_source(cfg: SourceConfig, emit: Emit) -> Source:
-    if cfg.file is not None:
-        from .source_file import FileSource
-        return FileSource(cfg.file, emit)
-    if cfg.https is not None:
-        from .source_https import HttpsSource
-        return HttpsSource(cfg.https, emit)
-    assert cfg.etcd is not None
-    from .source_etcd import EtcdSource
-    return EtcdSource(cfg.etcd, emit)
