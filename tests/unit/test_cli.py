@@ -122,6 +122,14 @@ def test_schema(capsys):
     assert schema.get("additionalProperties") is False
 
 
+def test_schema_in_docs_is_the_one_the_cli_prints(capsys):
+    """docs/host-document.schema.json is generated (`sgagent schema > docs/...`): kept current."""
+    _, out, _ = run(capsys, "schema")
+    committed = Path(__file__).resolve().parents[2] / "docs" / "host-document.schema.json"
+    assert json.loads(committed.read_text()) == json.loads(out), \
+        "regenerate it: sgagent schema > docs/host-document.schema.json"
+
+
 def test_schema_accepts_what_the_agent_accepts(capsys):
     jsonschema = pytest.importorskip("jsonschema")
     _, out, _ = run(capsys, "schema")
