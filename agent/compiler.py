@@ -16,28 +16,83 @@ _NETS: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()
 
 def compile_document(doc: Document,
                      previous: tuple[Document, Ruleset] | None = None) -> Ruleset:
-    """The ruleset of ``doc``.  With ``previous`` (a document and its ruleset), when ``doc``
-    differs from it only in members (its host and rules are the same objects, as
-    :class:`sgagent.load.DocumentCache` leaves them) and no group gains its first member or
-    loses its last (inner access follows that), the chains are reused as they are and only the
-    member sets are made again."""
+    """The ruleset of ``doc``.  With ``previous`` (a document and its ruleset), each chain
+    whose inputs are unchanged is reused as it is: the host's failsafe, network, ordering and
+    defaults, the NIC and its binding, and for each bound group its rules (the same object,
+    as :class:`sgagent.load.DocumentCache` leaves an unchanged group), type, inner access and
+    whether it has members.  A group's member sets are reused while its members are the same
+    object.  When only members changed (no group gaining its first member or losing its last,
+    which inner access follows), the chains are the previous ones as a whole."""
+    old_chains: dict[tuple[str, str], Chain] = {}
+    old_sets: dict[str, GroupSet] = {}
+    old_doc = None
     if previous is not None:
         rs = _members_only(doc, *previous)
         if rs is not None:
             return rs
+        old_doc, old_rs = previous
+        old_chains = _reusable(doc, old_doc, old_rs)
+        old_sets = {g.name: g for g in old_rs.groups}
     chains = []
     for nic in doc.host.nics:
         for direction in ("inbound", "outbound"):
-            chains.append(_chain(doc, nic, direction))
+            chain = old_chains.get((nic.name, direction))
+            chains.append(chain if chain is not None else _chain(doc, nic, direction))
     referenced: dict[str, None] = {}
     for chain in chains:
         for g in chain.inner_access:
             referenced[g] = None
-        for d in chain.decisions:
-            for m in d.matches:
-                if m.group is not None:
-                    referenced[m.group] = None
-    return Ruleset(tuple(chains), _group_sets(doc, sorted(referenced)))
+        for g in _chain_groups(chain):
+            referenced[g] = None
+    sets = []
+    for name in sorted(referenced):
+        old = old_sets.get(name)
+        if old_doc is None or old is None or name not in old_doc.security_groups \
+                or doc.security_groups[name].members is not old_doc.security_groups[name].members:
+            old = _group_sets(doc, [name])[0]
+        sets.append(old)
+    return Ruleset(tuple(chains), tuple(sets))
+
+
+# The groups each chain's decisions reference, remembered per chain object (a reused chain
+# is not walked again).
+_CHAIN_GROUPS: "dict[int, tuple[weakref.ref, tuple[str, ...]]]" = {}
+
+
+def _chain_groups(chain: Chain) -> tuple[str, ...]:
+    known = _CHAIN_GROUPS.get(id(chain))
+    if known is not None and known[0]() is chain:
+        return known[1]
+    names = tuple(dict.fromkeys(m.group for d in chain.decisions for m in d.matches
+                                if m.group is not None))
+    key = id(chain)
+    _CHAIN_GROUPS[key] = (weakref.ref(chain, lambda _, key=key: _CHAIN_GROUPS.pop(key, None)),
+                          names)
+    return names
+
+
+def _reusable(doc: Document, old: Document, old_rs: Ruleset) -> dict[tuple[str, str], Chain]:
+    """The chains of ``old_rs`` that ``doc`` would compile to again, by (NIC, direction)."""
+    h, o = doc.host, old.host
+    if h is not o and (h.failsafe != o.failsafe or h.network != o.network
+                       or h.ordering != o.ordering or h.defaults != o.defaults):
+        return {}
+    old_nics = {n.name: n for n in o.nics}
+    same_nics = set()
+    for nic in h.nics:
+        if old_nics.get(nic.name) != nic:
+            continue
+        if all(_same_for_chains(doc.security_groups.get(g), old.security_groups.get(g))
+               for g in nic.security_groups):
+            same_nics.add(nic.name)
+    return {(c.nic, c.direction): c for c in old_rs.chains if c.nic in same_nics}
+
+
+def _same_for_chains(g, o) -> bool:
+    """Whether a bound group compiles into its NICs' chains as before."""
+    return g is not None and o is not None and (g is o or (
+        g.rules is o.rules and g.type == o.type and g.inner_accepts == o.inner_accepts
+        and bool(g.members) == bool(o.members)))
 
 
 def _group_sets(doc: Document, names) -> tuple[GroupSet, ...]:
@@ -91,7 +146,7 @@ def _chain(doc: Document, nic: Nic, direction: str) -> Chain:
             decisions.append(Decision(key, "accept", matches_of(entry)))
     for gname, ri, rule in ordered_rules(doc, nic, direction):
         key = CounterKey(nic.name, direction, gname, doc.rule_id(gname, ri), rule.policy)
-        decisions.append(Decision(key, rule.policy, matches_of(rule)))
+        decisions.append(Decision(key, rule.policy, _rule_matches(rule)))
 
     groups = [doc.security_groups[g] for g in nic.security_groups]
     inner: tuple[str, ...] = ()
@@ -108,6 +163,22 @@ def _chain(doc: Document, nic: Nic, direction: str) -> Chain:
     default = Decision(CounterKey(nic.name, direction, None, "default", final), final, ())
     return Chain(nic.name, nic.role, direction, tuple(decisions), inner if inner_key else (),
                  inner_key, default)
+
+
+# The matches of each rule object, while it lives: a rule of a group that did not change is
+# the same object in the next document (sgagent.load.DocumentCache), and is not compiled again
+# when a chain it takes part in is.
+_MATCHES: "dict[int, tuple[weakref.ref, tuple[Match, ...]]]" = {}
+
+
+def _rule_matches(rule: Rule) -> tuple[Match, ...]:
+    known = _MATCHES.get(id(rule))
+    if known is not None and known[0]() is rule:
+        return known[1]
+    matches = matches_of(rule)
+    key = id(rule)
+    _MATCHES[key] = (weakref.ref(rule, lambda _, key=key: _MATCHES.pop(key, None)), matches)
+    return matches
 
 
 def matches_of(rule: Rule | FailsafeEntry) -> tuple[Match, ...]:

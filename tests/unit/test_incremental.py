@@ -30,7 +30,7 @@ def edit(raw: dict, rnd: random.Random) -> dict:
     kind = rnd.choice(["port", "port", "port", "policy", "drop_rule", "add_rule", "add_group",
                        "remove_group", "binding", "members", "members_and_rule", "type",
                        "bad_port", "bad_ref", "bad_peer", "bad_name", "dup_id", "bad_member",
-                       "account", "unchanged"])
+                       "account", "add_nic", "remove_nic", "unchanged"])
     rules = _rules(new)
     if kind in ("port", "members_and_rule") and rules:
         g, i = rnd.choice(rules)
@@ -95,6 +95,11 @@ def edit(raw: dict, rnd: random.Random) -> dict:
     elif kind == "bad_member":
         g = rnd.choice(list(groups))
         groups[g]["members"] = rnd.choice([["10.0.0.1", "x"], ["2001:db8::9"], "10.0.0.1"])
+    elif kind == "add_nic" and new["host"].get("network") != "classic":
+        new["host"]["nics"].append({"name": f"tap{rnd.randrange(3)}",  # may be there already
+                                    "security_groups": rnd.sample(list(groups), 1)})
+    elif kind == "remove_nic" and len(new["host"]["nics"]) > 1:
+        del new["host"]["nics"][rnd.randrange(len(new["host"]["nics"]))]
     elif kind == "account":
         g = rnd.choice(list(groups))
         groups[g]["account"] = rnd.choice(["1", "2", None])
@@ -162,3 +167,48 @@ def test_removing_a_referenced_group_is_refused_with_the_referrers_paths():
     assert exc.value.errors == fresh(new)
     assert exc.value.errors == ["security_groups.a.rules[0].source.group: group 'b' is not "
                                 "defined in security_groups"]
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.integers(0, 2**32 - 1))
+def test_edits_compile_as_a_whole_compile(seed):
+    rnd = random.Random(seed)
+    raw = gen_document(rnd)
+    cache = DocumentCache()
+    doc = cache.parse_data(raw)
+    rs = compile_document(doc)
+    for _ in range(6):
+        new = edit(raw, rnd)
+        try:
+            new_doc = cache.parse_data(new)
+        except DocumentError:
+            continue
+        new_rs = compile_document(new_doc, (doc, rs))
+        assert new_rs == compile_document(parse_data(new))
+        raw, doc, rs = new, new_doc, new_rs
+
+
+def test_only_the_chains_of_the_edited_group_are_compiled_again():
+    raw = {"version": 1, "host": {"instance": "i", "account": "1", "nics": [
+               {"name": "eth0", "security_groups": ["a"]},
+               {"name": "eth1", "security_groups": ["b"]}]},
+           "security_groups": {
+               "a": {"members": ["10.0.0.1"], "rules": [
+                   {"direction": "inbound", "protocol": "tcp", "ports": 22,
+                    "source": {"group": "b"}}]},
+               "b": {"members": ["10.0.0.2"], "rules": [
+                   {"direction": "inbound", "protocol": "tcp", "ports": 80,
+                    "source": "10.0.0.0/8"}]}}}
+    cache = DocumentCache()
+    old = cache.parse_data(raw)
+    old_rs = compile_document(old)
+    new = copy.deepcopy(raw)
+    new["security_groups"]["b"]["rules"][0]["ports"] = 81
+    doc = cache.parse_data(new)
+    rs = compile_document(doc, (old, old_rs))
+    assert rs == compile_document(parse_data(new))
+    for direction in ("inbound", "outbound"):
+        assert rs.chain("eth0", direction) is old_rs.chain("eth0", direction)
+        assert rs.chain("eth1", direction) is not old_rs.chain("eth1", direction)
+    assert rs.groups[0] is old_rs.groups[0]  # b's members: the same set
+
