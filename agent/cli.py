@@ -8,6 +8,7 @@ commands import only what each one needs."""
 from __future__ import annotations
 
 import gc
+import re
 import sys
 
 from . import __version__
@@ -36,7 +37,7 @@ def _main(argv: list[str] | None) -> int:
 
     from .commands import UserError, app
     try:
-        rc = app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False, prog_name="sgagent")
         return rc if isinstance(rc, int) else 0
     except typer.Exit as exc:
         return exc.exit_code
@@ -47,7 +48,7 @@ def _main(argv: list[str] | None) -> int:
         message = exc.format_message()
         if not message:  # no command given: the help was printed
             return 0 if not argv and argv is not None else 1
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {message.replace('Value error, ', '')}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -67,17 +68,47 @@ def _error_message(exc: Exception, user_error: type[Exception]) -> str | None:
     modules only to compare would load the backend for every command."""
     if _is(exc, ".load", "DocumentError"):
         return exc.render()  # type: ignore[attr-defined]
-    if isinstance(exc, user_error) or _is(exc, ".nft.backend", "ApplyError") \
-            or _is(exc, ".netns", "NetnsError"):
+    if _is(exc, ".nft.backend", "ApplyError"):
+        return f"error: {one_per_problem(str(exc))}"
+    if isinstance(exc, user_error) or _is(exc, ".netns", "NetnsError"):
         return f"error: {exc}"
     if _is(exc, ".nft.libnft", "NftError"):
-        msg = str(exc)
+        msg = one_per_problem(str(exc))
         if "Operation not permitted" in msg:
             msg = "the kernel said 'Operation not permitted': run as root (needs CAP_NET_ADMIN)"
         return f"error: {msg}"
     if isinstance(exc, PermissionError):
         return f"error: {exc.strerror}: {exc.filename or ''} (run as root)".rstrip()
     return None
+
+
+_NFT_ERROR = re.compile(r"(?:\S+:\d+:\d+(?:-\d+)?: )?Error: (?P<what>.*)$")
+
+
+def one_per_problem(message: str) -> str:
+    """nftables reports an error once per command of the transaction it hit (the same
+    ``Error: Could not process rule: ...`` with each command and a caret line): each distinct
+    error is kept once, with its first command, and the number of commands it also hit."""
+    blocks: list[list[str]] = []
+    for line in message.splitlines():
+        if _NFT_ERROR.search(line) or not blocks:
+            blocks.append([line])
+        else:
+            blocks[-1].append(line)
+    seen: dict[str, list] = {}
+    for block in blocks:
+        m = _NFT_ERROR.search(block[0])
+        key = m.group("what") if m else "\n".join(block)
+        if key in seen:
+            seen[key][1] += 1
+        else:
+            seen[key] = [block, 0]
+    out = []
+    for block, more in seen.values():
+        out += block
+        if more:
+            out.append(f"(the same error for {more} more command{'s' if more != 1 else ''})")
+    return "\n".join(out)
 
 
 def _is(exc: Exception, module: str, name: str) -> bool:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import errno
 import json
+from enum import Enum
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -19,8 +21,45 @@ if TYPE_CHECKING:
     from .evaluator import Packet
     from .model import Document
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# Exit codes (README "Exit codes", docs/DECISIONS.md): 0 done / nothing to change, 1 a user
+# error or a refused document (usage errors too), 2 changes pending (diff, apply --dry-run),
+# 3 nothing applied (status).
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_NOT_APPLIED = 0, 1, 2, 3
+
+
+class _PlainHelp:
+    """Help as people expect it: a flag shows no value (typer would show ``--json <bool>``),
+    an argument shows its metavar (``FILE``, not ``{file}``)."""
+
+    def get_params(self, ctx):  # type: ignore[no-untyped-def]
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for p in params:
+            if getattr(p, "is_flag", False) and p.metavar is None:
+                p.metavar = ""
+        return params
+
+    def collect_usage_pieces(self, ctx):  # type: ignore[no-untyped-def]
+        pieces = [self.options_metavar] if self.options_metavar else []  # type: ignore[attr-defined]
+        for p in self.get_params(ctx):
+            if p.param_type_name == "argument":
+                name = p.metavar or p.name.upper()
+                pieces.append(name if p.required else f"[{name}]")
+        pieces += getattr(self, "subcommand_metavar", None) and [self.subcommand_metavar] or []
+        return pieces
+
+
+class _Group(_PlainHelp, typer.core.TyperGroup):
+    pass
+
+
+class _Command(_PlainHelp, typer.core.TyperCommand):
+    pass
+
+
+app = typer.Typer(cls=_Group, no_args_is_help=True,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Enforce cloud-style security groups with nftables.")
+command = partial(app.command, cls=_Command)
 
 
 def _version(value: bool) -> None:
@@ -39,7 +78,7 @@ class UserError(Exception):
     """A problem the user can fix; printed as one line, exit 1."""
 
 
-NetnsOpt = typer.Option(None, "--netns", help="work inside this named network namespace (ip netns)")
+NetnsOpt = typer.Option(None, "--netns", metavar="NAME", help="work inside this named network namespace (ip netns)")
 
 
 def _load(path: Path) -> Document:
@@ -54,29 +93,53 @@ def _backend(name: str, netns_name: str | None, rendering: str = "sets"):
     return NftBackend(netns_name, _rendering(rendering))
 
 
-@app.command()
-def validate(file: Path = typer.Argument(..., help="host document (YAML or JSON)")) -> None:
+@command()
+def validate(file: Path = typer.Argument(..., metavar="FILE", help="host document (YAML or JSON)"),
+             as_json: bool = typer.Option(False, "--json", help="print the result as JSON")
+             ) -> None:
     """Check a host document; exit 0 if valid, 1 with every error and its path if not."""
-    doc = _load(file)
+    if not as_json:
+        doc = _load(file)
+    else:
+        from .load import DocumentError
+        try:
+            doc = _load(file)
+        except DocumentError as exc:
+            typer.echo(json.dumps({"file": str(file), "valid": False,
+                                   "errors": [_error_item(e) for e in exc.errors]}, indent=2))
+            raise typer.Exit(EXIT_ERROR) from None
     groups = len(doc.security_groups)
     rules = sum(len(g.rules) for g in doc.security_groups.values())
+    if as_json:
+        typer.echo(json.dumps({"file": str(file), "valid": True, "nics": len(doc.host.nics),
+                               "groups": groups, "rules": rules, "errors": []}, indent=2))
+        return
     typer.echo(f"{file}: valid ({len(doc.host.nics)} NICs, {groups} groups, {rules} rules)")
 
 
-@app.command()
+def _error_item(error: str) -> dict[str, str]:
+    """``security_groups.sg.rules[0].ports: 70000 is not a port`` as its path and message (an
+    error about the file itself, e.g. not found, has no path)."""
+    path, sep, message = error.partition(": ")
+    if not sep or " " in path and not path.startswith("("):
+        return {"path": "", "message": error}
+    return {"path": path, "message": message}
+
+
+@command()
 def schema() -> None:
     """Print the host document's JSON Schema."""
     from .model import Document
     typer.echo(json.dumps(Document.model_json_schema(mode="validation"), indent=2))
 
 
-RenderingOpt = typer.Option("sets", "--rendering",
+RenderingOpt = typer.Option("sets", "--rendering", metavar="sets|linear",
                             help="sets (verdict maps, constant per-packet cost) | linear")
 
 
-@app.command("compile")
-def compile_(file: Path = typer.Argument(..., help="host document"),
-             backend: str = typer.Option("nftables", help="nftables"),
+@command("compile")
+def compile_(file: Path = typer.Argument(..., metavar="FILE", help="host document"),
+             backend: str = typer.Option("nftables", metavar="NAME", help="nftables"),
              rendering: str = RenderingOpt) -> None:
     """Print the exact ruleset apply would load (needs no root)."""
     if backend != "nftables":
@@ -94,14 +157,14 @@ def _rendering(name: str) -> str:
     return name
 
 
-@app.command()
-def apply(file: Path = typer.Argument(..., help="host document"),
+@command()
+def apply(file: Path = typer.Argument(..., metavar="FILE", help="host document"),
           netns: Optional[str] = NetnsOpt,
           dry_run: bool = typer.Option(False, "--dry-run",
                                        help="check with the kernel and show the diff; change nothing"),
-          backend: str = typer.Option("nftables", help="nftables"),
+          backend: str = typer.Option("nftables", metavar="NAME", help="nftables"),
           rendering: str = RenderingOpt) -> None:
-    """Apply a host document atomically."""
+    """Apply a host document atomically (--dry-run: exit 2 if changes are pending, 0 if none)."""
     from .compiler import compile_document
     doc = _load(file)
     rs = compile_document(doc)
@@ -111,6 +174,8 @@ def apply(file: Path = typer.Argument(..., help="host document"),
             diff = be.diff(rs)
             typer.echo(diff if diff else "no change", nl=not diff)
             typer.echo("dry run: the kernel accepts this ruleset; nothing was changed")
+            if diff:
+                raise typer.Exit(EXIT_CHANGES)
             return
         result = be.apply(rs)
     decisions = sum(len(c.decisions) for c in rs.chains)
@@ -118,27 +183,35 @@ def apply(file: Path = typer.Argument(..., help="host document"),
                f"{result.counters} counters")
 
 
-@app.command()
-def diff(file: Path = typer.Argument(..., help="host document"),
+@command()
+def diff(file: Path = typer.Argument(..., metavar="FILE", help="host document"),
          netns: Optional[str] = NetnsOpt,
-         backend: str = typer.Option("nftables", help="nftables"),
+         backend: str = typer.Option("nftables", metavar="NAME", help="nftables"),
          rendering: str = RenderingOpt) -> None:
-    """Show what apply would change in the live ruleset (exit 0 either way)."""
+    """Show what apply would change in the live ruleset; exit 0 if nothing, 2 if changes are
+    pending."""
     from .compiler import compile_document
     rs = compile_document(_load(file))
     with _backend(backend, netns, rendering) as be:
         out = be.diff(rs)
     typer.echo(out if out else "no change", nl=not out)
+    if out:
+        raise typer.Exit(EXIT_CHANGES)
 
 
-@app.command()
-def explain(file: Path = typer.Argument(..., help="host document"),
-            nic: str = typer.Option(..., "--nic", help="interface name"),
-            direction: str = typer.Option(..., "--direction", help="inbound | outbound"),
-            peer: str = typer.Option(..., "--peer", help="remote address"),
-            protocol: str = typer.Option(..., "--protocol", help="tcp | udp | icmp | icmpv6 | gre"),
-            port: Optional[int] = typer.Option(None, "--port", help="destination port"),
-            icmp_type: Optional[int] = typer.Option(None, "--icmp-type",
+@command()
+def explain(file: Path = typer.Argument(..., metavar="FILE", help="host document"),
+            nic: str = typer.Option(..., "--nic", metavar="NAME",
+                                    help="interface name"),
+            direction: str = typer.Option(..., "--direction", metavar="inbound|outbound",
+                                    help="inbound | outbound"),
+            peer: str = typer.Option(..., "--peer", metavar="ADDRESS",
+                                    help="remote address"),
+            protocol: str = typer.Option(..., "--protocol", metavar="PROTOCOL",
+                                    help="tcp | udp | icmp | icmpv6 | gre"),
+            port: Optional[int] = typer.Option(None, "--port", metavar="PORT",
+                                    help="destination port"),
+            icmp_type: Optional[int] = typer.Option(None, "--icmp-type", metavar="TYPE",
                                                     help="ICMP type (default: echo request)"),
             as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """Which rule decides a packet, and the verdict."""
@@ -192,11 +265,11 @@ def make_packet(doc: Document, nic: str, direction: str, peer: str, protocol: st
     return Packet(nic, direction, addr, protocol, port, icmp_type)  # type: ignore[arg-type]
 
 
-@app.command()
+@command()
 def status(netns: Optional[str] = NetnsOpt,
            as_json: bool = typer.Option(False, "--json", help="print JSON"),
-           backend: str = typer.Option("nftables", help="nftables")) -> None:
-    """Live rules with their packet and byte counts."""
+           backend: str = typer.Option("nftables", metavar="NAME", help="nftables")) -> None:
+    """Live rules with their packet and byte counts; exit 3 if no sgagent ruleset is loaded."""
     from .nft.netlink import NetlinkError
     with _backend(backend, netns) as be:
         try:
@@ -211,10 +284,12 @@ def status(netns: Optional[str] = NetnsOpt,
              "packets": r.packets, "bytes": r.bytes} for r in readings]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
+        if not rows:
+            raise typer.Exit(EXIT_NOT_APPLIED)
         return
     if not rows:
         typer.echo("no sgagent ruleset is loaded")
-        return
+        raise typer.Exit(EXIT_NOT_APPLIED)
     cols = ["nic", "direction", "group", "rule", "policy", "packets", "bytes"]
     table = [[str(r[c]) if r[c] is not None else "-" for c in cols] for r in rows]
     widths = [max(len(c), *(len(t[i]) for t in table)) for i, c in enumerate(cols)]
@@ -223,18 +298,18 @@ def status(netns: Optional[str] = NetnsOpt,
         typer.echo("  ".join(v.ljust(w) for v, w in zip(t, widths)).rstrip())
 
 
-@app.command()
+@command()
 def flush(netns: Optional[str] = NetnsOpt,
-          backend: str = typer.Option("nftables", help="nftables")) -> None:
+          backend: str = typer.Option("nftables", metavar="NAME", help="nftables")) -> None:
     """Remove everything sgagent owns, nothing else."""
     with _backend(backend, netns) as be:
         removed = be.flush()
     typer.echo("removed the sgagent table" if removed else "nothing to remove")
 
 
-@app.command()
-def verify(file: Path = typer.Argument(..., help="host document"),
-           timeout: float = typer.Option(1.0, help="seconds to wait for an answer to a probe"),
+@command()
+def verify(file: Path = typer.Argument(..., metavar="FILE", help="host document"),
+           timeout: float = typer.Option(1.0, metavar="SECONDS", help="seconds to wait for an answer to a probe"),
            as_json: bool = typer.Option(False, "--json", help="print the results as JSON")) -> None:
     """Prove a document with real packets in a throw-away sandbox of namespaces."""
     from .verify import run_verify
@@ -244,9 +319,25 @@ def verify(file: Path = typer.Argument(..., help="host document"),
         raise typer.Exit(1)
 
 
-@app.command()
+class Shell(str, Enum):
+    bash = "bash"
+    zsh = "zsh"
+    fish = "fish"
+
+
+@command()
+def completion(shell: Shell = typer.Argument(..., metavar="SHELL",
+                                            help="the shell to complete in")) -> None:
+    """Print the shell completion script (e.g. `sgagent completion bash >
+    /etc/bash_completion.d/sgagent`; or --install-completion, for the shell you run)."""
+    from typer.completion import get_completion_script
+    typer.echo(get_completion_script(prog_name="sgagent", complete_var="_SGAGENT_COMPLETE",
+                                     shell=shell.value))
+
+
+@command()
 def run(config: Optional[Path] = typer.Option(
-        None, "--config", "-c",
+        None, "--config", "-c", metavar="FILE",
         help="daemon config (default: a file source at /etc/sgagent/host.yaml)")) -> None:
     """Run the agent daemon: follow the source and keep the kernel in step (docs/DAEMON.md)."""
     from .daemon.config import default_config, load_config
@@ -257,8 +348,8 @@ def run(config: Optional[Path] = typer.Option(
         raise typer.Exit(rc)
 
 
-@app.command(hidden=True)
-def restore(config: Optional[Path] = typer.Option(None, "--config", "-c",
+@command(hidden=True)
+def restore(config: Optional[Path] = typer.Option(None, "--config", "-c", metavar="FILE",
                                                   help="daemon config (for state_dir, netns)"),
             state_dir: Optional[str] = typer.Option(None, "--state-dir",
                                                     help="overrides the config's state_dir"),

@@ -80,17 +80,71 @@ def pydantic_errors(exc: ValidationError) -> list[str]:
     for loc, err in errors:
         if err["type"] == "too_short" and loc in inner:
             continue
-        msg = err["msg"]
-        for prefix in ("Value error, ", "Assertion failed, "):
-            if msg.startswith(prefix):
-                msg = msg[len(prefix):]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        elif err["type"] == "missing":
-            msg = "required field is missing"
+        msg = _in_our_words(loc, err)
         where = format_loc(loc) or "(document)"
         lines.append(f"{where}: {msg}")
     return list(dict.fromkeys(lines))
+
+
+# What a list or a mapping holds, by the field's name, for the errors' own words.
+_LIST_OF = {"rules": "rules", "failsafe": "rules", "nics": "NICs", "members": "addresses",
+            "security_groups": "group names"}
+_MAPPING = {"Rule": "a rule (a mapping of its fields)", "Nic": "a NIC (a mapping: name, "
+            "security_groups, ...)", "SecurityGroup": "a security group (a mapping of its fields)",
+            "Host": "the host (a mapping: instance, nics, ...)",
+            "FailsafeEntry": "a failsafe rule (a mapping of its fields)"}
+
+
+def _in_our_words(loc: tuple, err: dict[str, Any]) -> str:
+    """One validation error in the document's terms (``rules: a list of rules, not a string``),
+    not the library's (``Input should be a valid tuple``)."""
+    kind, field = err["type"], next((p for p in reversed(loc) if isinstance(p, str)), "")
+    value = err.get("input")
+    ctx = err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "required field is missing"
+    if kind in ("tuple_type", "list_type", "set_type"):
+        return f"a list of {_LIST_OF.get(field, 'values')}, not {_kind(value)}"
+    if kind == "dict_type":
+        if loc == ("security_groups",):
+            return f"a mapping of group names to groups, not {_kind(value)}"
+        return f"a mapping, not {_kind(value)}"
+    if kind == "model_type":
+        return f"{_MAPPING.get(ctx.get('class_name'), 'a mapping')}, not {_kind(value)}"
+    if kind == "literal_error":
+        return f"must be {ctx.get('expected')}, not {shown(value)}"
+    if kind == "too_short":
+        n = ctx.get("min_length", 1)
+        return f"needs at least {'one' if n == 1 else n} {_LIST_OF.get(field, 'item')}" \
+            .replace("one NICs", "one NIC").replace("one rules", "one rule")
+    if kind in ("string_type", "int_type", "int_parsing", "bool_type", "bool_parsing",
+                "float_type", "float_parsing"):
+        what = {"s": "a string", "i": "a whole number", "b": "true or false", "f": "a number"}[kind[0]]
+        return f"{what}, not {_kind(value)}"
+    msg = err["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            return msg[len(prefix):]
+    return msg.replace("Input should be", "must be")
+
+
+def _kind(value: Any) -> str:
+    """What a value is, in YAML/JSON terms."""
+    if value is None:
+        return "empty (null)"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (true/false)"
+    if isinstance(value, (int, float)):
+        return f"a number ({shown(value)})"
+    if isinstance(value, str):
+        return f"a string ({shown(value)})"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
 
 
 def _internal(part: str) -> bool:

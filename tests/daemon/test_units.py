@@ -104,7 +104,7 @@ def test_cli_run_bad_config_is_one_error_exit_1(tmp_path: Path, capsys):
     bad.write_text("source: {file: {path: /x}}\nrevocation: maybe\n")
     assert main(["run", "--config", str(bad)]) == 1
     err = capsys.readouterr().err
-    assert "revocation: Input should be a valid boolean" in err
+    assert "revocation: true or false, not a string ('maybe')" in err
 
 
 # -- state -----------------------------------------------------------------------------------

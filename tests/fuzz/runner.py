@@ -65,10 +65,12 @@ class Worker:
         self.stderr = err or b""
 
 
-def check_reply(reply: dict[str, Any], what: str) -> None:
-    """What every command must do with any input: exit 0 or 1, no traceback, bounded output."""
+def check_reply(reply: dict[str, Any], what: str, codes: tuple[int, ...] = (0, 1)) -> None:
+    """What every command must do with any input: exit with one of its documented ``codes``
+    (README "Exit codes": 0 or 1; apply --dry-run also 2, changes pending), no traceback,
+    bounded output."""
     assert reply["failure"] is None, f"{what}: {reply['failure']}"
-    assert reply["rc"] in (0, 1), f"{what}: exit {reply['rc']}: {reply['err'][:500]}"
+    assert reply["rc"] in codes, f"{what}: exit {reply['rc']}: {reply['err'][:500]}"
     assert "Traceback" not in reply["err"] and "Traceback" not in reply["out"], \
         f"{what}: {reply['err'][:2000]}"
     assert reply["stdout_encodable"], f"{what}: stdout is not UTF-8: {reply['out'][:200]!r}"

@@ -290,7 +290,7 @@ def test_explain_missing_file(capsys, tmp_path):
 
 @pytest.mark.parametrize("argv,words", [
     (["frobnicate"], ["frobnicate"]),
-    (["validate"], ["file"]),
+    (["validate"], ["FILE"]),
     (["validate", "a.yaml", "b.yaml"], ["b.yaml"]),
     (["compile", "--bogus"], ["--bogus"]),
 ])

@@ -664,7 +664,7 @@ def test_wrong_types_named_by_path():
     errs = refused(b"version: 1\nhost:\n  instance: [1]\n  nics: {a: 1}\nsecurity_groups: [1]\n")
     assert has(errs, "host.instance", "string")
     assert has(errs, "host.nics", "")
-    assert has(errs, "security_groups", "dictionary")
+    assert has(errs, "security_groups", "a mapping of group names to groups, not a list")
     errs = refused(b"version: 1\nhost: 3\n")
     assert has(errs, "host", "")
     errs = refused(b"version: 1\nhost: {instance: i, nics: [{name: eth0, security_groups: sg}]}\n"
