@@ -78,6 +78,7 @@ class UserError(Exception):
     """A problem the user can fix; printed as one line, exit 1."""
 
 
+JsonOpt = typer.Option(False, "--json", help="print the result as JSON")
 NetnsOpt = typer.Option(None, "--netns", metavar="NAME", help="work inside this named network namespace (ip netns)")
 
 
@@ -163,7 +164,7 @@ def apply(file: Path = typer.Argument(..., metavar="FILE", help="host document")
           dry_run: bool = typer.Option(False, "--dry-run",
                                        help="check with the kernel and show the diff; change nothing"),
           backend: str = typer.Option("nftables", metavar="NAME", help="nftables"),
-          rendering: str = RenderingOpt) -> None:
+          rendering: str = RenderingOpt, as_json: bool = JsonOpt) -> None:
     """Apply a host document atomically (--dry-run: exit 2 if changes are pending, 0 if none)."""
     from .compiler import compile_document
     doc = _load(file)
@@ -172,13 +173,21 @@ def apply(file: Path = typer.Argument(..., metavar="FILE", help="host document")
         if dry_run:
             be.apply(rs, dry_run=True)
             diff = be.diff(rs)
-            typer.echo(diff if diff else "no change", nl=not diff)
-            typer.echo("dry run: the kernel accepts this ruleset; nothing was changed")
+            if as_json:
+                typer.echo(json.dumps({"file": str(file), "dry_run": True, "accepted": True,
+                                       "changes": bool(diff), "diff": diff}, indent=2))
+            else:
+                typer.echo(diff if diff else "no change", nl=not diff)
+                typer.echo("dry run: the kernel accepts this ruleset; nothing was changed")
             if diff:
                 raise typer.Exit(EXIT_CHANGES)
             return
         result = be.apply(rs)
     decisions = sum(len(c.decisions) for c in rs.chains)
+    if as_json:
+        typer.echo(json.dumps({"file": str(file), "applied": True, "decisions": decisions,
+                               "nics": len(rs.nics), "counters": result.counters}, indent=2))
+        return
     typer.echo(f"applied {file}: {decisions} rule decisions on {len(rs.nics)} NICs, "
                f"{result.counters} counters")
 
@@ -187,14 +196,17 @@ def apply(file: Path = typer.Argument(..., metavar="FILE", help="host document")
 def diff(file: Path = typer.Argument(..., metavar="FILE", help="host document"),
          netns: Optional[str] = NetnsOpt,
          backend: str = typer.Option("nftables", metavar="NAME", help="nftables"),
-         rendering: str = RenderingOpt) -> None:
+         rendering: str = RenderingOpt, as_json: bool = JsonOpt) -> None:
     """Show what apply would change in the live ruleset; exit 0 if nothing, 2 if changes are
     pending."""
     from .compiler import compile_document
     rs = compile_document(_load(file))
     with _backend(backend, netns, rendering) as be:
         out = be.diff(rs)
-    typer.echo(out if out else "no change", nl=not out)
+    if as_json:
+        typer.echo(json.dumps({"file": str(file), "changes": bool(out), "diff": out}, indent=2))
+    else:
+        typer.echo(out if out else "no change", nl=not out)
     if out:
         raise typer.Exit(EXIT_CHANGES)
 
@@ -300,10 +312,14 @@ def status(netns: Optional[str] = NetnsOpt,
 
 @command()
 def flush(netns: Optional[str] = NetnsOpt,
-          backend: str = typer.Option("nftables", metavar="NAME", help="nftables")) -> None:
+          backend: str = typer.Option("nftables", metavar="NAME", help="nftables"),
+          as_json: bool = JsonOpt) -> None:
     """Remove everything sgagent owns, nothing else."""
     with _backend(backend, netns) as be:
         removed = be.flush()
+    if as_json:
+        typer.echo(json.dumps({"removed": removed}))
+        return
     typer.echo("removed the sgagent table" if removed else "nothing to remove")
 
 

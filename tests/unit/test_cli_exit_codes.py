@@ -246,6 +246,29 @@ def test_diff_dry_run_and_status_exit_codes(ns, tmp_path):
     assert sgagent("status", "--netns", ns).returncode == 3
 
 
+def test_json_reports_of_the_kernel_commands(ns):
+    """diff, apply (and --dry-run) and flush report as JSON too, with the same exit codes."""
+    r = sgagent("diff", "--json", "--netns", ns, EXAMPLE)
+    out = json.loads(r.stdout)
+    assert r.returncode == 2 and out["changes"] is True and "+table inet sgagent" in out["diff"]
+    r = sgagent("apply", "--dry-run", "--json", "--netns", ns, EXAMPLE)
+    out = json.loads(r.stdout)
+    assert r.returncode == 2 and out["accepted"] is True and out["changes"] is True
+    r = sgagent("apply", "--json", "--netns", ns, EXAMPLE)
+    out = json.loads(r.stdout)
+    assert r.returncode == 0 and out["applied"] is True and out["nics"] == 1
+    assert out["decisions"] > 0 and out["counters"] > 0
+    r = sgagent("diff", "--json", "--netns", ns, EXAMPLE)
+    assert r.returncode == 0 and json.loads(r.stdout) == {"file": str(EXAMPLE), "changes": False,
+                                                           "diff": ""}
+    r = sgagent("apply", "--dry-run", "--json", "--netns", ns, EXAMPLE)
+    assert r.returncode == 0 and json.loads(r.stdout)["changes"] is False
+    r = sgagent("flush", "--json", "--netns", ns)
+    assert r.returncode == 0 and json.loads(r.stdout) == {"removed": True}
+    r = sgagent("flush", "--json", "--netns", ns)
+    assert r.returncode == 0 and json.loads(r.stdout) == {"removed": False}
+
+
 def test_refused_document_exits_1_for_the_kernel_commands(ns, tmp_path):
     bad = write(tmp_path, base(version=2))
     for argv in (["diff", "--netns", ns, bad], ["apply", "--dry-run", "--netns", ns, bad]):
