@@ -175,7 +175,8 @@ def test_a_huge_port_is_not_echoed_in_full(tmp_path):
     doc = base()
     doc["security_groups"]["sg"]["rules"][0]["ports"] = int("9" * 500)
     r = sgagent("validate", write(tmp_path, doc))
-    assert r.returncode == 1 and "9" * 41 not in r.stderr and "(500 " in r.stderr
+    assert r.returncode == 1 and "9" * 41 not in r.stderr
+    assert f"'{'9' * 40}'... (500 characters) is not a port (1..65535)" in r.stderr
 
 
 def test_a_repeated_nftables_error_is_said_once(tmp_path):
