@@ -16,7 +16,7 @@ from ..backend.transaction import NO_TABLE, LiveObjects, replace
 from ..ir import Ruleset
 from .kernel import NftKernel
 from .render import render
-from .setrender import member_update
+from .setrender import chain_update, member_update
 
 __all__ = ["ApplyError", "ApplyResult", "LiveObjects", "NftBackend"]
 
@@ -76,11 +76,15 @@ class NftBackend:
     # -- writing --------------------------------------------------------------------------
     def render(self, rs: Ruleset, old: Objects | None = None,
                old_rs: Ruleset | None = None) -> Objects:
-        """The objects for ``rs``; when only members changed since ``old`` (what the kernel
-        holds, rendered from ``old_rs``), built from it by touching only their elements."""
-        if (old is not None and old_rs is not None and self.rendering == "sets"
-                and rs.chains == old_rs.chains):
-            objs = member_update(old, old_rs, rs)
+        """The objects for ``rs``, built from ``old`` (what the kernel holds, rendered from
+        ``old_rs``) where they can be: when only members changed, by touching only their
+        elements; otherwise by rendering again only the NIC chains that changed."""
+        if old is not None and old_rs is not None and self.rendering == "sets":
+            objs = None
+            if rs.chains == old_rs.chains:
+                objs = member_update(old, old_rs, rs)
+            if objs is None:
+                objs = chain_update(old, old_rs, rs)
             if objs is not None:
                 return objs
         return render(rs, self.rendering)

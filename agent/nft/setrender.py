@@ -38,9 +38,9 @@ from ..backend.objects import Changed, verdict_chain
 from ..ir import Chain, Decision, GroupSet, Ruleset
 from ..partition import Painted, overlay
 from ..peerclass import ICMP, TCP, UDP, Plan, plan_chain
-from .names import chain_name, counter_name, set_name
+from .names import chain_name, counter_comment, counter_name, set_name
 from .objects import Objects, Rule, SetDef
-from .render import VERB, member_set, tail, verdict_rules
+from .render import VERB, base_chains, member_set, preamble, tail, verdict_rules
 
 _IP = {4: "ip", 6: "ip6"}
 _ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
@@ -59,7 +59,7 @@ class ChainRenderer:
         self.objs = objs
         self.base = chain_name(chain.nic, chain.direction)
         self.addr = VERB[chain.direction][1]
-        self.tail_chain = "t_" + self.base  # inner access and the default, shared
+        self.tail_chain = tail_chain_name(self.base)  # inner access and the default, shared
         self.created_chains: list[str] = []  # what this renderer added to objs
         self.created_sets: list[str] = []
         self._names: dict[tuple, str] = {}
@@ -224,6 +224,11 @@ class ChainRenderer:
                     rules.append(Rule(f"{_IP[family]} {self.addr} @{members} goto {name}",
                                       targets=(name,), sets=(members,)))
         return rules
+
+
+def tail_chain_name(base: str) -> str:
+    """The chain of a NIC chain's tail (inner access and the default)."""
+    return "t_" + base
 
 
 def exact_setdef(family: int, elements: dict[str, str]) -> SetDef:
@@ -406,3 +411,112 @@ def member_update(old: Objects, old_rs: Ruleset, rs: Ruleset) -> Objects | None:
     delta.chains.update(dict.fromkeys(sorted(removed)))
     return new
 
+
+
+def chain_update(old: Objects, old_rs: Ruleset, rs: Ruleset) -> Objects | None:
+    """The objects for ``rs`` built from ``old`` (what the kernel holds, rendered from
+    ``old_rs``) by rendering again only the NIC chains that changed: whose :class:`Chain`
+    differs (the very same object when :func:`sgagent.compiler.compile_document` reused it),
+    or that look up a group whose members changed.  Everything a NIC chain renders into --
+    its class, tail and counting chains, its address and verdict maps, its counters -- is its
+    own (their names hold the chain's or its counters' identity), so an unchanged chain's
+    objects are kept as they are, the very objects of ``old``, and a changed chain's are
+    taken out and rendered again.  The group sets and the base chains follow the ruleset.
+    The result names what it changed (``changed``), so the diff against ``old`` is as large
+    as the change.  Exactly what :func:`render` would give; None where a name rendered for
+    one chain is found held by another (the caller then renders it all)."""
+    old_chains = {chain_name(c.nic, c.direction): c for c in old_rs.chains}
+    new_chains = {chain_name(c.nic, c.direction): c for c in rs.chains}
+    if len(old_chains) != len(old_rs.chains) or len(new_chains) != len(rs.chains):
+        return None
+    before = {g.name: g for g in old_rs.groups}
+    groups = {g.name: g for g in rs.groups}
+    moved = {n for n, g in groups.items()
+             if n not in before or (before[n].v4, before[n].v6) != (g.v4, g.v6)}
+    dirty = [base for base, c in new_chains.items()
+             if base not in old_chains or (old_chains[base] is not c and old_chains[base] != c)
+             or moved and not moved.isdisjoint(_looked_up(c))]
+    gone = [base for base in old_chains if base not in new_chains]
+    group_sets = {set_name(g, f) for g in (*before, *groups) for f in (4, 6)}
+    new = Objects(dict(old.counters), dict(old.sets), dict(old.chains), dict(old.refs),
+                  dict(old.exact), dict(old.plans))
+    new.changed = delta = Changed(old)
+    for base in [b for b in dirty if b in old_chains] + gone:
+        chains, sets = _owned(old, base, group_sets)
+        for name in chains:
+            del new.chains[name]
+            new.refs.pop(name, None)
+        for name in sets:
+            del new.sets[name]
+            new.exact.pop(name, None)
+        new.plans.pop(base, None)
+        delta.chains.update(dict.fromkeys(chains))
+        delta.sets.update(dict.fromkeys(sets))
+        for key in old_chains[base].counters:
+            name = counter_name(key)
+            new.counters.pop(name, None)
+            delta.counters[name] = None
+    for base in dirty:
+        chain = new_chains[base]
+        part = Objects()
+        rules = preamble(chain.direction) + chain_body(chain, part, groups) + tail(chain)
+        part.chains[base] = (None, tuple(rules))
+        if any(n in new.chains for n in part.chains) or any(n in new.sets for n in part.sets):
+            return None
+        new.chains.update(part.chains)
+        new.sets.update(part.sets)
+        new.refs.update(part.refs)
+        new.exact.update(part.exact)
+        new.plans.update(part.plans)
+        delta.chains.update(dict.fromkeys(part.chains))
+        delta.sets.update(dict.fromkeys(part.sets))
+        for key in chain.counters:
+            name = counter_name(key)
+            if name in new.counters:
+                return None
+            new.counters[name] = counter_comment(key)
+            delta.counters[name] = None
+    for name in before.keys() - groups.keys():
+        for family in (4, 6):
+            new.sets.pop(set_name(name, family), None)
+            delta.sets[set_name(name, family)] = None
+    for name in moved:
+        for family in (4, 6):
+            new.sets[set_name(name, family)] = member_set(groups[name], family)
+            delta.sets[set_name(name, family)] = None
+    for hook, entry in base_chains(rs).items():
+        if old.chains.get(hook) != entry:
+            new.chains[hook] = entry
+            delta.chains[hook] = None
+    return new
+
+
+def _looked_up(chain: Chain) -> set[str]:
+    """The groups whose members a NIC chain's rendering reads."""
+    return {*chain.inner_access,
+            *(m.group for d in chain.decisions for m in d.matches if m.group is not None)}
+
+
+def _owned(objs: Objects, base: str, shared: set[str]) -> tuple[list[str], list[str]]:
+    """The chains and sets that NIC chain ``base`` reaches in ``objs`` (itself included),
+    other than the ``shared`` group sets, and its tail chain (made even when nothing goes to
+    it): what rendering it made."""
+    chains: dict[str, None] = {base: None}
+    todo = [base]
+    tail_chain = tail_chain_name(base)
+    if tail_chain in objs.chains:
+        chains[tail_chain] = None
+        todo.append(tail_chain)
+    sets: dict[str, None] = {}
+    while todo:
+        for rule in objs.chains[todo.pop()][1]:
+            targets = list(rule.targets)
+            for s in rule.sets:
+                if s not in shared and s not in sets:
+                    sets[s] = None
+                    targets.extend(objs.sets[s].targets())
+            for t in targets:
+                if t not in chains:
+                    chains[t] = None
+                    todo.append(t)
+    return list(chains), list(sets)
