@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""One rule edited, source to kernel: how long the daemon takes to enforce a one-rule edit of a
+large document (issue 10, incremental compile).
+
+The daemon runs with the file source (as in bench/daemon_latency.py) in a throw-away network
+namespace, on a document of 1,000 or 10,000 rules (bench/docgen.py: one NIC, 10 bound groups)
+and, with ``--hypervisor``, 100 NICs x 1,000 rules (bench/hvgen.py).  Each step edits one
+inbound tcp rule of one bound group: a new port, and a new id, so that the edited rule's
+counter has a new name.  The clock starts just before the document is written (atomic rename)
+and stops when that counter is readable in the kernel (it appears with its rule, in one
+transaction).  The next edit is written only after the daemon logged the apply, so the edits
+do not queue behind one another.  The daemon's own account ("N ms after the source changed")
+is kept too.
+
+``--baseline COMMIT`` runs the same steps, in the same run, with the daemon of that commit
+(its ``agent/`` extracted with ``git archive`` into a scratch directory and put first on the
+daemon's PYTHONPATH), for a side-by-side ratio; not for the hypervisor document, where that
+daemon re-applies everything per edit (bench/hypervisor.py measured 83 s for one).
+
+    .venv/bin/python bench/edit.py [--edits 20] [--sizes 1000,10000] [--hypervisor]
+                                   [--baseline 38afdc0]
+
+Needs root and nftables.  Writes bench/results/edit.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import docgen  # noqa: E402
+import hvgen  # noqa: E402
+from daemon_latency import CounterProbe, percentiles  # noqa: E402
+
+from sgagent import netns  # noqa: E402
+from sgagent.ir import CounterKey  # noqa: E402
+from sgagent.nft.names import counter_name  # noqa: E402
+from tests.daemon.support import Daemon, kill_all, write_atomic  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "edit.json"
+
+
+def editable_rule(doc: dict) -> tuple[str, str, int]:
+    """(NIC, group, rule index) of an inbound tcp rule with ports in a group bound to the
+    document's middle NIC."""
+    nics = doc["host"]["nics"]
+    nic = nics[len(nics) // 2]
+    for gname in nic["security_groups"]:
+        for i, rule in enumerate(doc["security_groups"][gname].get("rules", ())):
+            if rule.get("direction") == "inbound" and rule.get("protocol") == "tcp" \
+                    and "ports" in rule:
+                return nic["name"], gname, i
+    raise ValueError("no inbound tcp rule with ports in the document")
+
+
+def edited(doc: dict, where: tuple[str, str, int], k: int) -> tuple[dict, str]:
+    """The document with edit ``k`` made, and the counter name of the edited rule."""
+    nic, gname, i = where
+    new = copy.copy(doc)
+    new["security_groups"] = dict(doc["security_groups"])
+    group = new["security_groups"][gname] = dict(doc["security_groups"][gname])
+    rules = group["rules"] = list(group["rules"])
+    rule = rules[i] = dict(rules[i])
+    rule["id"] = f"edit-{k}"
+    rule["ports"] = 20000 + k
+    key = CounterKey(nic, "inbound", gname, rule["id"], rule.get("policy", "accept"))
+    return new, counter_name(key)
+
+
+def run(work: Path, ns: str, name: str, doc: dict, edits: int, env: dict[str, str]) -> dict:
+    path = work / f"{name}.json"
+    path.write_text(json.dumps(doc))
+    d = Daemon({"source": {"file": {"path": str(path)}}, "netns": ns,
+                "state_dir": str(work / f"state-{name}"), "log_level": "info",
+                "resync_interval": 3600}, work, name, env=env)
+    t0 = time.monotonic()
+    d.start()
+    d.wait_log("ready:", timeout=900)
+    ready_s = time.monotonic() - t0
+    where = editable_rule(doc)
+    probe = CounterProbe(ns)
+    total, internal = [], []
+    try:
+        for k in range(edits):
+            new, counter = edited(doc, where, k)
+            text = json.dumps(new)
+            mark = d.mark()
+            t = time.monotonic()
+            write_atomic(path, text)
+            seen = probe.wait(counter, timeout=300)
+            total.append(1000 * (seen - t))
+            m = d.wait_log(r"([\d.]+) ms after the source changed", timeout=300, since=mark)
+            internal.append(float(m.group(1)))
+            time.sleep(0.2)
+    finally:
+        probe.close()
+        d.stop(timeout=60)
+        netns_flush(ns)
+    return {"rules": docgen.count_rules(doc), "nics": len(doc["host"]["nics"]),
+            "start_to_ready_s": round(ready_s, 2), "source_to_kernel": percentiles(total),
+            "daemon_internal": percentiles(internal)}
+
+
+def netns_flush(ns: str) -> None:
+    """Drop the table the daemon left, so the next daemon starts from nothing."""
+    subprocess.run(["ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "sgagent"],
+                   check=False, capture_output=True)
+
+
+def baseline_env(work: Path, commit: str) -> dict[str, str]:
+    """A PYTHONPATH whose ``sgagent`` is ``agent/`` as of ``commit``."""
+    dest = work / "baseline"
+    dest.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "agent"],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    (dest / "agent").rename(dest / "sgagent")
+    return {"PYTHONPATH": str(dest)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--edits", type=int, default=20)
+    ap.add_argument("--sizes", default="1000,10000")
+    ap.add_argument("--hypervisor", action="store_true",
+                    help="also 100 NICs x 1,000 rules (bench/hvgen.py)")
+    ap.add_argument("--baseline", help="a commit to run side by side")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("needs root (network namespaces, nftables)", file=sys.stderr)
+        return 1
+    docs = {f"docgen_{n}": docgen.generate(int(n)) for n in args.sizes.split(",")}
+    if args.hypervisor:
+        docs["hypervisor_100x1000"] = hvgen.generate(100, 1000)
+    ns = "sgedit" + secrets.token_hex(3)
+    netns.create(ns)
+    work = Path(tempfile.mkdtemp(prefix="sgagent-edit-"))
+    result: dict = {
+        "benchmark": "edit",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                                 capture_output=True, text=True).stdout.strip(),
+        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
+                    "python": platform.python_version(),
+                    "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
+        "edits": args.edits,
+        "target": {"p99_ms_at_10000": 100, "hypervisor_vs_1000": 2.0},
+        "runs": {},
+    }
+    try:
+        envs = {"current": {}}
+        if args.baseline:
+            envs["baseline"] = baseline_env(work, args.baseline)
+            result["baseline"] = args.baseline
+        for name, doc in docs.items():
+            for label, env in envs.items():
+                if label == "baseline" and name.startswith("hypervisor"):
+                    continue  # a whole re-apply per edit there: minutes (bench/hypervisor.py)
+                print(f"{name} {label} ...", file=sys.stderr, flush=True)
+                result["runs"].setdefault(name, {})[label] = \
+                    run(work, ns, f"{name}-{label}", doc, args.edits, env)
+            if "baseline" in result["runs"][name]:
+                cur, base = result["runs"][name]["current"], result["runs"][name]["baseline"]
+                result["runs"][name]["p50_ratio"] = round(
+                    cur["source_to_kernel"]["p50_ms"] / base["source_to_kernel"]["p50_ms"], 3)
+                result["runs"][name]["p99_ratio"] = round(
+                    cur["source_to_kernel"]["p99_ms"] / base["source_to_kernel"]["p99_ms"], 3)
+        result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    finally:
+        kill_all()
+        netns.delete(ns)
+        shutil.rmtree(work, ignore_errors=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
