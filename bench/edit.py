@@ -8,7 +8,8 @@ and, with ``--hypervisor``, 100 NICs x 1,000 rules (bench/hvgen.py).  Each step 
 inbound tcp rule of one bound group: a new port, and a new id, so that the edited rule's
 counter has a new name.  The clock starts just before the document is written (atomic rename)
 and stops when that counter is readable in the kernel (it appears with its rule, in one
-transaction).  The next edit is written only after the daemon logged the apply, so the edits
+transaction).  The next edit is written only after the daemon logged the apply and then went
+idle (its post-apply work, reading the table back and saving the document, done), so the edits
 do not queue behind one another.  The daemon's own account ("N ms after the source changed")
 is kept too.
 
@@ -44,7 +45,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import docgen  # noqa: E402
 import hvgen  # noqa: E402
-from daemon_latency import CounterProbe, percentiles  # noqa: E402
+from daemon_latency import CounterProbe, percentiles, proc_stats  # noqa: E402
 
 from sgagent import netns  # noqa: E402
 from sgagent.ir import CounterKey  # noqa: E402
@@ -91,6 +92,7 @@ def run(work: Path, ns: str, name: str, doc: dict, edits: int, env: dict[str, st
     d.start()
     d.wait_log("ready:", timeout=900)
     ready_s = time.monotonic() - t0
+    wait_idle(d.pid)
     where = editable_rule(doc)
     probe = CounterProbe(ns)
     total, internal = [], []
@@ -105,7 +107,7 @@ def run(work: Path, ns: str, name: str, doc: dict, edits: int, env: dict[str, st
             total.append(1000 * (seen - t))
             m = d.wait_log(r"([\d.]+) ms after the source changed", timeout=300, since=mark)
             internal.append(float(m.group(1)))
-            time.sleep(0.2)
+            wait_idle(d.pid)
     finally:
         probe.close()
         d.stop(timeout=60)
@@ -113,6 +115,20 @@ def run(work: Path, ns: str, name: str, doc: dict, edits: int, env: dict[str, st
     return {"rules": docgen.count_rules(doc), "nics": len(doc["host"]["nics"]),
             "start_to_ready_s": round(ready_s, 2), "source_to_kernel": percentiles(total),
             "daemon_internal": percentiles(internal)}
+
+
+def wait_idle(pid: int, window: float = 0.3, timeout: float = 300.0) -> None:
+    """Until the daemon has used next to no CPU for ``window`` seconds: what it does after
+    logging an apply (reading the table back, saving the document) is over, so the next edit
+    does not queue behind it."""
+    deadline = time.monotonic() + timeout
+    cpu = proc_stats(pid)[0]
+    while time.monotonic() < deadline:
+        time.sleep(window)
+        now = proc_stats(pid)[0]
+        if now - cpu < 0.05 * window:
+            return
+        cpu = now
 
 
 def netns_flush(ns: str) -> None:
