@@ -54,31 +54,11 @@ NOGC = ("import gc, sys; gc.disable(); from sgagent.cli import main; "
 METHODS = ("cli", "nft -f", "in-process", "cli, gc off")
 
 
-# Forks and execs the command from a small interpreter, so that the child's peak RSS starts from
-# this helper's few MB: a child forked straight from a big benchmark process inherits the
-# parent's high-water mark through exec (Linux keeps the larger of the two in ru_maxrss).
-_RSS_HELPER = """
-import os, sys, time
-out, argv = sys.argv[1], sys.argv[2:]
-t0 = time.perf_counter()
-pid = os.fork()
-if pid == 0:
-    try:
-        os.execvp(argv[0], argv)
-    finally:
-        os._exit(127)
-_, st, ru = os.wait4(pid, 0)
-t1 = time.perf_counter()
-with open(out, "w") as f:
-    f.write(f"{t1 - t0} {ru.ru_maxrss} {os.waitstatus_to_exitcode(st)}")
-"""
-
-
 def timed_child(argv: list[str], timeout: float = 900) -> dict[str, Any]:
     """Wall time (fork to exit), exit status and peak RSS of a command, its output kept."""
     with tempfile.NamedTemporaryFile(prefix="sgbench-", suffix=".rss") as res, \
             tempfile.TemporaryFile() as out:
-        proc = subprocess.run([common.PYTHON, "-S", "-c", _RSS_HELPER, res.name, *argv],
+        proc = subprocess.run([common.PYTHON, "-S", "-c", common.RSS_HELPER, res.name, *argv],
                               stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                               timeout=timeout)
         out.seek(0)
@@ -179,7 +159,7 @@ def child(what: str, path: Path, ns: str | None = None) -> Any:
     argv = [common.PYTHON, __file__, "--child", what, str(path)] + ([ns] if ns else [])
     with tempfile.NamedTemporaryFile(prefix="sgbench-", suffix=".rss") as res:
         # Through the small helper, so that the peak RSS the child reports is its own.
-        out = subprocess.run([common.PYTHON, "-S", "-c", _RSS_HELPER, res.name, *argv],
+        out = subprocess.run([common.PYTHON, "-S", "-c", common.RSS_HELPER, res.name, *argv],
                              capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
         raise RuntimeError(f"apply.py --child {what} failed: {out.stderr[-3000:]}")

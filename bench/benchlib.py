@@ -146,3 +146,23 @@ def pct(x: float | None) -> str:
 
 def met(ok: bool | None) -> str:
     return "n/a" if ok is None else ("met" if ok else "**missed**")
+
+
+# Forks and execs the command from a small interpreter, so that the child's peak RSS starts from
+# this helper's few MB: a child forked straight from a big benchmark process inherits the
+# parent's high-water mark through exec (Linux keeps the larger of the two in ru_maxrss).
+RSS_HELPER = """
+import os, sys, time
+out, argv = sys.argv[1], sys.argv[2:]
+t0 = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(argv[0], argv)
+    finally:
+        os._exit(127)
+_, st, ru = os.wait4(pid, 0)
+t1 = time.perf_counter()
+with open(out, "w") as f:
+    f.write(f"{t1 - t0} {ru.ru_maxrss} {os.waitstatus_to_exitcode(st)}")
+"""

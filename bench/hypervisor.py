@@ -64,23 +64,6 @@ CT_ONLY = """table inet sgbench_ct {
   }
 }
 """
-# Forks and execs the command from a small interpreter (so that the peak RSS reported is the
-# command's own, not inherited from a big parent) and reports wall time, ru_maxrss, status.
-_HELPER = """
-import os, sys, time
-out, argv = sys.argv[1], sys.argv[2:]
-t0 = time.perf_counter()
-pid = os.fork()
-if pid == 0:
-    try:
-        os.execvp(argv[0], argv)
-    finally:
-        os._exit(127)
-_, st, ru = os.wait4(pid, 0)
-t1 = time.perf_counter()
-with open(out, "w") as f:
-    f.write(f"{t1 - t0} {ru.ru_maxrss} {os.waitstatus_to_exitcode(st)}")
-"""
 
 
 class Budget:
@@ -106,7 +89,7 @@ def bounded(argv: list[str], timeout: float, stdout_to: Path | None = None) -> d
             tempfile.TemporaryFile() as err:
         out_f = open(stdout_to, "wb") if stdout_to else tempfile.TemporaryFile()
         with out_f:
-            proc = subprocess.Popen([common.PYTHON, "-S", "-c", _HELPER, res.name, *argv],
+            proc = subprocess.Popen([common.PYTHON, "-S", "-c", common.RSS_HELPER, res.name, *argv],
                                     stdin=subprocess.DEVNULL, stdout=out_f, stderr=err,
                                     start_new_session=True)
             t0 = time.perf_counter()
