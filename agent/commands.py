@@ -88,10 +88,11 @@ def _load(path: Path) -> Document:
 
 
 def _backend(name: str, netns_name: str | None, rendering: str = "sets"):
-    if name != "nftables":
-        raise UserError(f"--backend: {name!r} is not a backend (available: nftables)")
-    from .nft.backend import NftBackend
-    return NftBackend(netns_name, _rendering(rendering))
+    from .backends import UnknownBackend, make_backend
+    try:
+        return make_backend(name, netns_name, rendering)
+    except UnknownBackend as exc:
+        raise UserError(str(exc)) from None
 
 
 @command()
@@ -143,19 +144,14 @@ def compile_(file: Path = typer.Argument(..., metavar="FILE", help="host documen
              backend: str = typer.Option("nftables", metavar="NAME", help="nftables"),
              rendering: str = RenderingOpt) -> None:
     """Print the exact ruleset apply would load (needs no root)."""
-    if backend != "nftables":
-        raise UserError(f"--backend: {backend!r} is not a backend (available: nftables)")
+    from .backends import UnknownBackend, render_text
     from .compiler import compile_document
-    from .nft.render import render
     rs = compile_document(_load(file))
-    typer.echo(render(rs, _rendering(rendering)).text(), nl=False)
-
-
-def _rendering(name: str) -> str:
-    from .nft.render import RENDERINGS
-    if name not in RENDERINGS:
-        raise UserError(f"--rendering: {name!r} is not a rendering ({' | '.join(RENDERINGS)})")
-    return name
+    try:
+        text = render_text(backend, rs, rendering)
+    except UnknownBackend as exc:
+        raise UserError(str(exc)) from None
+    typer.echo(text, nl=False)
 
 
 @command()
@@ -379,5 +375,5 @@ def restore(config: Optional[Path] = typer.Option(None, "--config", "-c", metava
     from .daemon.restore import restore as do_restore
     cfg = load_config(config) if config is not None else default_config()
     result = do_restore(state_dir or cfg.state_dir, netns if netns is not None else cfg.netns,
-                        force=force)
+                        force=force, backend_name=cfg.backend)
     typer.echo(result.message)

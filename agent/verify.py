@@ -145,21 +145,21 @@ class Report:
 
 def check(doc: Document, expectations: list[Expectation], *, timeout: float = 1.0,
           prefix: str | None = None, sandbox=None, backend=None,
-          rendering: str = "sets") -> Report:
+          rendering: str = "sets", backend_name: str = "nftables") -> Report:
     """Apply ``doc`` in a sandbox (a fresh one, or ``sandbox`` whose NICs match the
     document's, through ``backend`` if given so that it applies a difference), probe, and
     compare with ``expectations``."""
-    from .nft.backend import NftBackend
+    from .backends import make_backend
     from .sandbox import Sandbox
 
     if sandbox is not None:
         if backend is not None:
             return _check_in(sandbox, backend, doc, expectations, timeout)
-        with NftBackend(sandbox.host_ns, rendering) as be:
+        with make_backend(backend_name, sandbox.host_ns, rendering) as be:
             return _check_in(sandbox, be, doc, expectations, timeout)
     nics = [(n.name, n.role) for n in doc.host.nics]
     with Sandbox(nics, prefix=prefix or f"sgv{secrets.token_hex(3)}") as sb:
-        with NftBackend(sb.host_ns, rendering) as be:
+        with make_backend(backend_name, sb.host_ns, rendering) as be:
             return _check_in(sb, be, doc, expectations, timeout)
 
 

@@ -131,8 +131,8 @@ class Daemon:
                 signal.signal(s, h)
 
     def _default_backend(self) -> Backend:
-        from ..nft.backend import NftBackend
-        return NftBackend(self.cfg.netns)
+        from ..backends import make_backend
+        return make_backend(self.cfg.backend, self.cfg.netns)
 
     def _open(self) -> None:
         self.backend = self._make_backend()

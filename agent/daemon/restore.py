@@ -27,16 +27,16 @@ class RestoreResult:
 
 
 def restore(state_dir: str, netns_name: str | None, force: bool = False, *,
-            backend: Backend | None = None) -> RestoreResult:
+            backend: Backend | None = None, backend_name: str = "nftables") -> RestoreResult:
     """Apply the saved document; ``applied=False`` if nothing was saved yet, or if the sgagent
-    table is already loaded (unless ``force``).  ``backend`` (closed here): default nftables
-    in ``netns_name``.
+    table is already loaded (unless ``force``).  ``backend`` (closed here): default the one
+    called ``backend_name`` in ``netns_name``.
 
     Raises DocumentError (saved file unusable) or ApplyError (kernel refused it).
     """
     if backend is None:
-        from ..nft.backend import NftBackend
-        backend = NftBackend(netns_name)
+        from ..backends import make_backend
+        backend = make_backend(backend_name, netns_name)
     store = StateStore(state_dir)
     with closing(backend) as be:
         if not force and be.loaded():
