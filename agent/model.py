@@ -483,6 +483,26 @@ class FailsafeEntry(_Matchable):
     """Accepted on every managed NIC before any group rule (SEMANTICS section 5)."""
 
 
+def address_list(field: str, v: Any) -> Any:
+    """A list of addresses (``/32`` and ``/128`` allowed), each bad one reported by index."""
+    if v is None:
+        return ()
+    if not isinstance(v, (list, tuple)):
+        raise ValueError(f"{field} is a list of addresses")
+    out = []
+    problems: list[tuple[str | int, str]] = []
+    for k, m in enumerate(v):
+        try:
+            if not isinstance(m, str):
+                raise ValueError
+            out.append(ipaddress.ip_address(m.strip().removesuffix("/32").removesuffix("/128")))
+        except ValueError:
+            problems.append((k, f"{shown(m)} is not an address"))
+    if problems:
+        raise _field_errors(field, v, problems)
+    return tuple(out)
+
+
 class SecurityGroup(Strict):
     account: Annotated[str | None, _ACCOUNT_SCHEMA] = None
     type: Annotated[GroupType, BeforeValidator(_lower),
@@ -505,22 +525,7 @@ class SecurityGroup(Strict):
     @field_validator("members", mode="before")
     @classmethod
     def _members(cls, v: Any) -> Any:
-        if v is None:
-            return ()
-        if not isinstance(v, (list, tuple)):
-            raise ValueError("members is a list of addresses")
-        out = []
-        problems: list[tuple[str | int, str]] = []
-        for k, m in enumerate(v):
-            try:
-                if not isinstance(m, str):
-                    raise ValueError
-                out.append(ipaddress.ip_address(m.strip().removesuffix("/32").removesuffix("/128")))
-            except ValueError:
-                problems.append((k, f"{shown(m)} is not an address"))
-        if problems:
-            raise _field_errors("members", v, problems)
-        return tuple(out)
+        return address_list("members", v)
 
     @field_validator("inner_access")
     @classmethod
@@ -541,6 +546,14 @@ class Nic(Strict):
     role: Annotated[Role, BeforeValidator(_lower),
                     _ci_enum_schema(["vpc", "intranet", "internet"], "vpc | intranet | internet")] = "vpc"
     security_groups: tuple[str, ...] = Field(default=(), description="binding order")
+    addresses: tuple[Union[ipaddress.IPv4Address, ipaddress.IPv6Address], ...] = Field(
+        default=(), description="fleet: this NIC's addresses, members of the groups it is "
+                                "bound to (vpc and intranet NICs; SEMANTICS section 10)")
+
+    @field_validator("addresses", mode="before")
+    @classmethod
+    def _addresses(cls, v: Any) -> Any:
+        return address_list("addresses", v)
 
     @field_validator("name")
     @classmethod
