@@ -222,17 +222,22 @@ def explain(file: Path = typer.Argument(..., metavar="FILE", help="host document
             icmp_type: Optional[int] = typer.Option(None, "--icmp-type", metavar="TYPE",
                                                     help="ICMP type (default: echo request)"),
             as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
-    """Which rule decides a packet, and the verdict."""
+    """Which rule decides a packet, and the verdict (and the audit rules it matched)."""
     from .evaluator import evaluate
     doc = _load(file)
     pkt = make_packet(doc, nic, direction, peer, protocol, port, icmp_type)
     v = evaluate(doc, pkt)
     if as_json:
         typer.echo(json.dumps({"verdict": v.verdict, "group": v.group, "rule": v.rule,
-                               "reason": v.reason}))
+                               "reason": v.reason, "log": v.log,
+                               "audit": [{"group": a.group, "rule": a.rule,
+                                          "would": a.policy} for a in v.audits]}))
     else:
         who = f"{v.group}/{v.rule}" if v.group and not v.rule.startswith(v.group + "/") else v.rule
-        typer.echo(f"{v.verdict} (decided by {v.reason}: {who})")
+        typer.echo(f"{v.verdict} (decided by {v.reason}: {who})" + (", logged" if v.log else ""))
+        for a in v.audits:  # SEMANTICS section 9: audit rules the packet reached, beside it
+            name = a.rule if a.rule.startswith(a.group + "/") else f"{a.group}/{a.rule}"
+            typer.echo(f"  audit: {name} would {a.policy}")
 
 
 def make_packet(doc: Document, nic: str, direction: str, peer: str, protocol: str,
