@@ -54,12 +54,15 @@ def set_name(group: str, family: int) -> str:
 
 @functools.lru_cache(maxsize=1 << 17)
 def counter_name(key: CounterKey) -> str:
-    ident = "\x1f".join([key.nic, key.direction, key.group or "", key.rule, key.policy])
+    ident = "\x1f".join([key.nic, key.direction, key.group or "", key.rule, key.policy]
+                        + ([key.mode] if key.mode != "enforce" else []))
     return "c_" + hashlib.sha1(ident.encode()).hexdigest()[:20]
 
 
 def counter_comment(key: CounterKey) -> str:
-    text = "|".join([key.nic, _DIR[key.direction], _POL[key.policy], key.group or "", key.rule])
+    """``nic|in|d|group|rule``; an audit rule's policy letter is upper case (``D``: would drop)."""
+    pol = _POL[key.policy].upper() if key.mode == "audit" else _POL[key.policy]
+    text = "|".join([key.nic, _DIR[key.direction], pol, key.group or "", key.rule])
     if len(text.encode()) > COMMENT_MAX:
         raise ValueError(f"counter identity too long for nftables ({len(text)} > {COMMENT_MAX}): {text}")
     return text
@@ -67,7 +70,8 @@ def counter_comment(key: CounterKey) -> str:
 
 def parse_comment(text: str) -> CounterKey | None:
     parts = text.split("|", 4)
-    if len(parts) != 5 or parts[1] not in _UNDIR or parts[2] not in _UNPOL:
+    if len(parts) != 5 or parts[1] not in _UNDIR or parts[2].lower() not in _UNPOL:
         return None
     nic, d, p, group, rule = parts
-    return CounterKey(nic, _UNDIR[d], group or None, rule, _UNPOL[p])
+    return CounterKey(nic, _UNDIR[d], group or None, rule, _UNPOL[p.lower()],
+                      "enforce" if p.islower() else "audit")
