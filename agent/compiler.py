@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import weakref
 
-from .ir import Chain, CounterKey, Decision, GroupSet, Match, Ruleset
+from .ir import Chain, CounterKey, Decision, GroupSet, LogSpec, Match, Ruleset
 from .model import Document, FailsafeEntry, GroupPeer, Nic, Rule
 
 _FAMILY_ICMP = {4: ("icmp", 8), 6: ("icmpv6", 128)}
@@ -145,8 +145,11 @@ def _chain(doc: Document, nic: Nic, direction: str) -> Chain:
             key = CounterKey(nic.name, direction, None, f"failsafe/{i}", "accept")
             decisions.append(Decision(key, "accept", matches_of(entry)))
     for gname, ri, rule in ordered_rules(doc, nic, direction):
-        key = CounterKey(nic.name, direction, gname, doc.rule_id(gname, ri), rule.policy)
-        decisions.append(Decision(key, rule.policy, _rule_matches(rule)))
+        audit = rule.mode == "audit"
+        key = CounterKey(nic.name, direction, gname, doc.rule_id(gname, ri), rule.policy,
+                         rule.mode)
+        log = log_spec(rule.log_rate) if rule.log or audit else None
+        decisions.append(Decision(key, rule.policy, _rule_matches(rule), log, audit))
 
     groups = [doc.security_groups[g] for g in nic.security_groups]
     inner: tuple[str, ...] = ()
@@ -160,9 +163,20 @@ def _chain(doc: Document, nic: Nic, direction: str) -> Chain:
     inner_key = CounterKey(nic.name, direction, None, "default", "accept") if inner else None
     if inner_key is not None and final == "accept":
         inner_key = None  # the final default accepts too; one counter serves both
-    default = Decision(CounterKey(nic.name, direction, None, "default", final), final, ())
+    default = Decision(CounterKey(nic.name, direction, None, "default", final), final, (),
+                       log_spec(None) if nic.log_default else None)
     return Chain(nic.name, nic.role, direction, tuple(decisions), inner if inner_key else (),
                  inner_key, default)
+
+
+def log_spec(rate) -> LogSpec:
+    """The IR's log limit from a rule's ``log_rate`` (None: SEMANTICS section 9's default)."""
+    if rate is None:
+        return DEFAULT_LOG
+    return LogSpec(rate.rate, rate.unit, rate.burst)
+
+
+DEFAULT_LOG = LogSpec(10, "second", 20)
 
 
 # The matches of each rule object, while it lives: a rule of a group that did not change is

@@ -39,11 +39,22 @@ class Packet:
 
 
 @dataclass(frozen=True)
+class AuditMatch:
+    """An audit rule (``mode: audit``) the packet reached and matched: counted on it and
+    reported as ``would <policy>`` (SEMANTICS section 9)."""
+    group: str
+    rule: str
+    policy: Literal["accept", "drop", "reject"]
+
+
+@dataclass(frozen=True)
 class Verdict:
     verdict: Literal["accept", "drop", "reject"]
     group: str | None
     rule: str  # rule id, "failsafe/<i>", "default", or "allowance"
     reason: Literal["rule", "failsafe", "inner-access", "default", "allowance"]
+    log: bool = False                    # the decision is reported as a flow record
+    audits: tuple[AuditMatch, ...] = ()  # in the order the rules are reached
 
 
 def evaluate(doc: Document, pkt: Packet) -> Verdict:
@@ -54,7 +65,7 @@ def evaluate(doc: Document, pkt: Packet) -> Verdict:
         if entry.direction == pkt.direction and _matches(doc, entry, pkt):
             return Verdict("accept", None, f"failsafe/{i}", "failsafe")
 
-    candidates = []
+    candidates, audits = [], []
     for gi, gname in enumerate(nic.security_groups):
         for ri, rule in enumerate(doc.security_groups[gname].rules):
             if rule.direction != pkt.direction:
@@ -65,25 +76,33 @@ def evaluate(doc: Document, pkt: Packet) -> Verdict:
             elif rule.nic not in (None, "intranet"):
                 continue
             if _matches(doc, rule, pkt):
-                candidates.append((gi, ri, gname, rule))
-    if candidates:
-        if doc.host.ordering == "sequential":
-            gi, ri, gname, rule = min(candidates, key=lambda c: (c[0], c[1]))
-        else:
-            gi, ri, gname, rule = min(candidates, key=lambda c: (
-                c[3].priority, 0 if c[3].policy in ("drop", "reject") else 1, c[0], c[1]))
-        return Verdict(rule.policy, gname, doc.rule_id(gname, ri), "rule")
+                (audits if rule.mode == "audit" else candidates).append((gi, ri, gname, rule))
+    if doc.host.ordering == "sequential":
+        def order(c):
+            return c[0], c[1]
+    else:
+        def order(c):
+            return c[3].priority, 0 if c[3].policy in ("drop", "reject") else 1, c[0], c[1]
+    # An audit rule counts the packets that reach it: those no enforced rule before it decides.
+    decider = min(candidates, key=order) if candidates else None
+    reached = tuple(AuditMatch(a[2], doc.rule_id(a[2], a[1]), a[3].policy)
+                    for a in sorted(audits, key=order)
+                    if decider is None or order(a) < order(decider))
+    if decider is not None:
+        gi, ri, gname, rule = decider
+        return Verdict(rule.policy, gname, doc.rule_id(gname, ri), "rule", rule.log, reached)
 
     groups = [doc.security_groups[g] for g in nic.security_groups]
     enterprise = any(g.type == "enterprise" for g in groups)
     if pkt.direction == "inbound" and nic.role in ("vpc", "intranet"):
         for g in groups:
             if g.inner_accepts and pkt.peer in g.members:
-                return Verdict("accept", None, "default", "inner-access")
+                return Verdict("accept", None, "default", "inner-access", nic.log_default,
+                               reached)
     final = getattr(doc.host.defaults, pkt.direction)
     if final is None:
         final = "drop" if enterprise or pkt.direction == "inbound" else "accept"
-    return Verdict(final, None, "default", "default")
+    return Verdict(final, None, "default", "default", nic.log_default, reached)
 
 
 def _allowance(pkt: Packet) -> bool:

@@ -15,6 +15,10 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 PortRange = tuple[int, int]
 Action = Literal["accept", "drop", "reject"]
 Direction = Literal["inbound", "outbound"]
+Mode = Literal["enforce", "audit"]
+# The NFLOG group flow records are sent to (a 16-bit number; any other program's logging uses
+# its own group).  See docs/DECISIONS.md.
+NFLOG_GROUP = 2520
 
 
 class Match(NamedTuple):
@@ -34,13 +38,33 @@ class CounterKey(NamedTuple):
     group: str | None   # None for failsafe and default counters
     rule: str           # rule id, "failsafe/<i>" or "default"
     policy: Action
+    mode: Mode = "enforce"  # "audit": counts what the rule would decide (SEMANTICS section 9)
+
+
+class LogSpec(NamedTuple):
+    """A decision reported as flow records (SEMANTICS section 9): each packet it decides is
+    sent to the kernel's NFLOG ``group`` (the agent's flow-log reader), at most ``rate`` per
+    ``unit`` with bursts of ``burst``; what the limit holds back is counted on the decision's
+    suppressed counter.  A backend tags each record with :func:`sgagent.flowlog.prefix.encode`
+    of the decision's counter key, which the reader decodes."""
+    rate: int
+    unit: Literal["second", "minute", "hour"]
+    burst: int
+    group: int = NFLOG_GROUP
 
 
 class Decision(NamedTuple):
-    """A rule as enforced on one NIC: the first decision whose matches hold decides."""
+    """A rule as enforced on one NIC: the first decision whose matches hold decides.
+
+    ``log``: its decisions are also reported (flow records).  ``audit``: it never decides; a
+    packet that reaches it (no decision before it in order matches) and matches it is counted on
+    its counter and reported as ``would <action>``, and the chain goes on to the next decision
+    as if it were absent.  An audit decision always has a ``log``."""
     counter: CounterKey
     action: Action
     matches: tuple[Match, ...]  # a disjunction; may be empty (a rule that can never match here)
+    log: LogSpec | None = None
+    audit: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,6 +76,7 @@ class Chain:
     inner_access: tuple[str, ...]           # groups whose members are accepted before the default
     inner_counter: CounterKey | None        # counts inner-access accepts (a default, policy accept)
     default: Decision                       # matches nothing; its action is the final verdict
+    # (its ``log`` also reports what inner access accepts: both are what the default decides)
 
     @property
     def counters(self) -> tuple[CounterKey, ...]:

@@ -11,7 +11,7 @@ import ipaddress
 import re
 import reprlib
 import unicodedata
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, NamedTuple, Union
 
 from pydantic import (
     BaseModel,
@@ -19,6 +19,7 @@ from pydantic import (
     ValidationInfo,
     BeforeValidator,
     ConfigDict,
+    StrictBool,
     WithJsonSchema,
     Field,
     field_validator,
@@ -36,6 +37,7 @@ Ordering = Literal["priority", "sequential"]
 Role = Literal["vpc", "intranet", "internet"]
 GroupType = Literal["basic", "enterprise"]
 NicSide = Literal["intranet", "internet"]
+Mode = Literal["enforce", "audit"]
 
 # Names end up in nftables counter comments (128 bytes at most), see docs/DECISIONS.md.
 # Matched whole (``fullmatch``): ``$`` would also match before a trailing newline.
@@ -276,6 +278,66 @@ def parse_network(value: Any) -> IPNetwork:
                          f"{ipaddress.ip_network(value.strip(), strict=False)}?)") from exc
 
 
+class LogRate(NamedTuple):
+    """At most ``rate`` flow records per ``unit``, in bursts of at most ``burst``."""
+    rate: int
+    unit: str  # second | minute | hour
+    burst: int
+
+
+LOG_UNITS = {"s": "second", "sec": "second", "second": "second",
+             "m": "minute", "min": "minute", "minute": "minute",
+             "h": "hour", "hour": "hour"}
+LOG_RATE_MAX = 100_000  # records per unit
+
+
+def parse_log_rate(value: Any) -> LogRate | None:
+    """``10`` (per second), ``"10/second"``, ``"600/minute"``, ``"10/s burst 50"``, or
+    ``{rate: 10/second, burst: 50}``; the burst defaults to twice the rate (SEMANTICS 9: 10/s,
+    burst 20)."""
+    if value is None or isinstance(value, LogRate):
+        return value
+    burst: Any = None
+    if isinstance(value, dict):
+        extra = set(value) - {"rate", "burst"}
+        if extra or "rate" not in value:
+            raise ValueError("log_rate is a rate (10, '10/second') or {rate: ..., burst: N}")
+        burst, value = value.get("burst"), value["rate"]
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"{shown(value)} is not a log rate (10, '10/second', '600/minute')")
+    text = str(value).strip().lower()
+    m = re.fullmatch(r"([0-9]{1,7})\s*(?:/\s*([a-z]+))?(?:\s+burst\s+([0-9]{1,7}))?", text)
+    if not m or (m.group(2) is not None and m.group(2).rstrip("s") not in LOG_UNITS
+                 and m.group(2) not in LOG_UNITS):
+        raise ValueError(f"{shown(value)} is not a log rate (10, '10/second', '600/minute')")
+    unit_word = m.group(2) or "second"
+    unit = LOG_UNITS.get(unit_word) or LOG_UNITS[unit_word.rstrip("s")]
+    rate = int(m.group(1))
+    if m.group(3) is not None:
+        if burst is not None:
+            raise ValueError("log_rate gives its burst twice")
+        burst = int(m.group(3))
+    if not 1 <= rate <= LOG_RATE_MAX:
+        raise ValueError(f"{rate} is not a log rate (1..{LOG_RATE_MAX} per {unit})")
+    if burst is None:
+        burst = 2 * rate
+    if isinstance(burst, bool) or not isinstance(burst, int) or not 1 <= burst <= 2 * LOG_RATE_MAX:
+        raise ValueError(f"burst: {shown(burst)} is not a burst (1..{2 * LOG_RATE_MAX} records)")
+    return LogRate(rate, unit, burst)
+
+
+_LOG_RATE_SCHEMA = WithJsonSchema({
+    "anyOf": [{"type": "integer", "minimum": 1, "maximum": LOG_RATE_MAX},
+              {"type": "string",
+               "pattern": "^[0-9]{1,7}\\s*(/\\s*[A-Za-z]+)?(\\s+[Bb][Uu][Rr][Ss][Tt]\\s+[0-9]{1,7})?$"},
+              {"type": "object", "additionalProperties": False, "required": ["rate"],
+               "properties": {"rate": {"type": ["integer", "string"]},
+                              "burst": {"type": "integer", "minimum": 1}}},
+              {"type": "null"}],
+    "description": "flow records at most: 10 (per second), '10/second', '600/minute', "
+                   "'10/s burst 50' or {rate, burst}; default 10/second, burst 20"})
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -457,6 +519,20 @@ class Rule(_Matchable):
                                    nullable=True)] = Field(
         default=None, description="classic only: intranet | internet")
     description: str | None = None
+    log: StrictBool = Field(default=False, description="report each packet this rule decides as a "
+                                                 "flow record (SEMANTICS section 9)")
+    log_rate: Annotated[LogRate | None, BeforeValidator(parse_log_rate), _LOG_RATE_SCHEMA] = None
+    mode: Annotated[Mode, BeforeValidator(_lower),
+                    _ci_enum_schema(["enforce", "audit"],
+                                    "enforce (default) | audit: never decides, counts and "
+                                    "reports what it would decide")] = "enforce"
+
+    @model_validator(mode="after")
+    def _after_rule(self):
+        if self.log_rate is not None and not self.log and self.mode != "audit":
+            raise _field_errors("rule", self, [(
+                "log_rate", "log_rate limits flow records: it needs log: true or mode: audit")])
+        return self
 
     @field_validator("id")
     @classmethod
@@ -546,6 +622,8 @@ class Nic(Strict):
     role: Annotated[Role, BeforeValidator(_lower),
                     _ci_enum_schema(["vpc", "intranet", "internet"], "vpc | intranet | internet")] = "vpc"
     security_groups: tuple[str, ...] = Field(default=(), description="binding order")
+    log_default: StrictBool = Field(default=False, description="report what this NIC's default "
+                                                         "decides as flow records (SEMANTICS section 9)")
     addresses: tuple[Union[ipaddress.IPv4Address, ipaddress.IPv6Address], ...] = Field(
         default=(), description="fleet: this NIC's addresses, members of the groups it is "
                                 "bound to (vpc and intranet NICs; SEMANTICS section 10)")
