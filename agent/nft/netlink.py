@@ -230,6 +230,8 @@ class NetlinkCounterReader(NetfilterSocket):
     """
 
     thread_name = "sgagent-nlcounters"
+    # A counter's identity from its comment (None: not one this reader reports).
+    identify = staticmethod(parse_comment)
 
     def __init__(self, netns_name: str | None = None) -> None:
         super().__init__(netns_name)
@@ -392,7 +394,7 @@ class NetlinkCounterReader(NetfilterSocket):
                         continue
                     key = keys.get(comment, False)
                     if key is False:
-                        key = parse_comment(comment.decode("utf-8", "replace"))
+                        key = self.identify(comment.decode("utf-8", "replace"))
                         keys[comment] = key
                     if key is not None:
                         out.append((comment, key, packets, nbytes))
