@@ -69,7 +69,8 @@ class Applier(Generic[R]):
             self.applied, self._applied_rs = objs, rs
             # Trust the memory next time only if ours was the one commit in between.
             self._applied_gen = after if gen is not None and after == gen + committed else None
-        return ApplyResult(objs, mode, done.commands, done.channel)
+        return ApplyResult(objs, mode, done.commands, done.channel,
+                           None if dry_run else self._applied_gen)
 
 
 def rebuilds(tx: Transaction, chains: int) -> bool:

@@ -46,6 +46,10 @@ class ApplyResult:
     mode: str         # "delta" | "full"
     commands: int     # lines in the transaction sent to the kernel (elements, over netlink)
     channel: str = "libnftables"  # or "netlink": element updates only, sent directly
+    generation: int | None = None
+    #  the kernel's ruleset generation right after this apply, when its commit was the only
+    #  one in between (None: unknown, or another commit came between): as long as the kernel
+    #  stays at it, the table is exactly what was applied
 
     @property
     def counters(self) -> int:
@@ -113,6 +117,12 @@ class Backend(Protocol):
     def loaded(self) -> bool:
         """Whether the kernel holds the sgagent table."""
         ...
+
+    # Optional (the daemon asks with getattr; a backend without it has its table listed and
+    # compared at each drift check instead):
+    #
+    # def generation(self) -> int | None:
+    #     """The kernel's ruleset generation now (see ApplyResult.generation)."""
 
     def flush(self) -> bool: ...
 

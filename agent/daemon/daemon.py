@@ -8,11 +8,19 @@ threads and the signal handlers put on one queue:
 * an invalid document: refused, logged with its paths; the rules in force stay;
 * the source unreachable: logged (on change), retried by the source; the rules in force stay;
   at start, the last known good document is applied instead;
-* every ``resync_interval``: the live ruleset is compared with what was applied and restored
+* every ``resync_interval``: the live ruleset is checked against what was applied and restored
   if anyone flushed or edited it (counted, logged); a document the kernel refused is retried;
   a last known good document that could not be saved is saved again;
 * :data:`DRIFT` (from whoever learns of a change to the table, see
-  :meth:`Daemon.request_drift_check`): the live ruleset is checked at once;
+  :meth:`Daemon.request_drift_check`): the live ruleset is checked at once.
+
+  The check costs nothing in the size of the table while it can: when the kernel's ruleset
+  generation is still the one right after the daemon's own commit, nothing changed; when it
+  moved but the monitor of the table's notifications reported no change by anyone else since
+  the apply, only other tables changed.  Otherwise (a change reported, or no monitor, or a
+  backend that cannot tell its generation) the live table is listed and compared with its
+  listing after the apply, or -- when that was not read, because the monitor was trusted --
+  restored at once.  So an apply is followed by no read of the whole table;
 * SIGHUP: the source is read again from scratch and everything is checked at once;
 * SIGTERM/SIGINT: exit 0. Nothing is removed: the kernel keeps enforcing the last rules.
 
@@ -30,6 +38,7 @@ import queue
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from ..backend.kernel import Backend
@@ -66,8 +75,9 @@ class Applied:
     raw: bytes
     digest: str
     origin: str
-    live_text: str
+    live_text: str | None   # the table as listed right after the apply (None: not read)
     at: float
+    generation: int | None = None   # the kernel's ruleset generation right after the apply
 
 
 class _Signal:
@@ -111,9 +121,12 @@ class Daemon:
         self._unsaved: tuple[bytes, str, str] | None = None   # (raw, digest, origin) not saved
         self._save_error: str | None = None
         self._stuck: str | None = None
+        self._drift_requests = 0    # how many times someone reported a change of the table
+        self._drift_seen = 0        # ... as of the start of the last apply or check
 
     def request_drift_check(self) -> None:
         """Ask the loop to compare the live ruleset with the applied one now (thread-safe)."""
+        self._drift_requests += 1
         self.events.put(DRIFT)
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -330,10 +343,11 @@ class Daemon:
             log.error("refused the document from %s: cannot compile it: %s", origin, exc)
             return False
         t0 = time.perf_counter()
+        reported = self._drift_requests
         try:
             # a repair replaces the whole table: a backend that sends only differences from
             # what it last loaded cannot see an edit made behind its back
-            self.backend.apply(rs, full=why == "repair")
+            result = self.backend.apply(rs, full=why == "repair")
         except Exception as exc:  # noqa: BLE001 - ApplyError, NftError: nothing was changed
             dt = time.perf_counter() - t0
             self.stats.apply_finished(dt, "failure")
@@ -347,13 +361,18 @@ class Daemon:
         dt = time.perf_counter() - t0
         self.stats.apply_finished(dt, "success")
         self.stats.ruleset_applied(rs)
-        try:
-            live = self.backend.live_text()
-        except Exception as exc:  # noqa: BLE001
-            log.warning("cannot read the live ruleset back: %s", exc)
-            live = ""
+        generation = getattr(result, "generation", None)
+        live = None
+        if generation is None or self.monitor is None:
+            # no way to tell a foreign change by the generation: the listing is the reference
+            try:
+                live = self.backend.live_text()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("cannot read the live ruleset back: %s", exc)
+                live = ""
         previous = self.applied
-        self.applied = Applied(doc, rs, raw, digest, origin, live, time.time())
+        self._drift_seen = reported
+        self.applied = Applied(doc, rs, raw, digest, origin, live, time.time(), generation)
         self._refused_digest = None
         rules = sum(len(c.decisions) for c in rs.chains)
         lat = f", {1000 * (time.monotonic() - since):.1f} ms after the source changed" \
@@ -368,7 +387,7 @@ class Daemon:
                                          or why == "repair"):
             self._revoke(doc)
         del previous
-        _release_memory()
+        _release_memory(getattr(result, "mode", "full") == "full")
         return True
 
     def _save(self, raw: bytes, digest: str, origin: str) -> bool:
@@ -376,10 +395,12 @@ class Daemon:
         stays what a reboot restores: logged with that consequence, counted, shown in STATUS,
         and tried again at every full check until it works or a newer document replaces it."""
         a = self.applied
-        live = self.backend.fingerprint(a.live_text) if a is not None and a.digest == digest \
-            else None
+        live = kernel = None
+        if a is not None and a.digest == digest:
+            live = self.backend.fingerprint(a.live_text) if a.live_text is not None else None
+            kernel = self._kernel_state(a.generation)
         try:
-            self.store.save(raw, origin, live)
+            self.store.save(raw, origin, live, kernel)
         except Exception as exc:  # noqa: BLE001 - OSError mostly; never stops enforcement
             self.stats.state_save_failed()
             why = (exc.strerror or str(exc)) if isinstance(exc, OSError) else describe(exc)
@@ -464,16 +485,12 @@ class Daemon:
             return False
         if not listing:
             return False
-        fingerprint = self.backend.fingerprint(listing)
-        if saved is not None and saved.live is not None and saved.live == fingerprint:
+        rs = self._saved_table(saved, listing)
+        if saved is not None and rs is not None:
             origin = f"last known good ({saved.origin})"
-            try:
-                rs = compile_document(saved.document)
-            except Exception as exc:  # noqa: BLE001
-                log.error("the saved document cannot be compiled: %s", exc)
-                return False
+            self._drift_seen = self._drift_requests
             self.applied = Applied(saved.document, rs, saved.raw, saved.digest, origin,
-                                   listing, time.time())
+                                   listing, time.time(), self._generation())
             log.warning("source not usable at start (%s): the kernel already enforces the last "
                         "known good document (saved %s from %s); keeping it", reason,
                         saved.saved_at, saved.origin)
@@ -486,6 +503,50 @@ class Daemon:
                     "not checked for drift until then)", reason, what)
         self._ready("the sgagent table already loaded")
         return True
+
+    def _saved_table(self, saved: Saved | None, listing: str) -> Ruleset | None:
+        """The saved document's ruleset if the live table (``listing``) is exactly what it
+        loads: the kernel is still at the state saved with it (nothing committed since), or
+        the table has the saved fingerprint, or it lists as the document's table does."""
+        if saved is None:
+            return None
+        try:
+            rs = compile_document(saved.document)
+        except Exception as exc:  # noqa: BLE001
+            log.error("the saved document cannot be compiled: %s", exc)
+            return None
+        if saved.kernel is not None and saved.kernel == self._kernel_state(self._generation()):
+            return rs
+        if saved.live is not None and saved.live == self.backend.fingerprint(listing):
+            return rs
+        try:
+            return rs if not self.backend.diff(rs) else None
+        except Exception as exc:  # noqa: BLE001 - then it is not taken as the saved one
+            log.warning("cannot compare the live table with the saved document's: %s", exc)
+            return None
+
+    def _generation(self) -> int | None:
+        """The kernel's ruleset generation now (None: the backend cannot tell)."""
+        read = getattr(self.backend, "generation", None)
+        if read is None:
+            return None
+        try:
+            return read()
+        except Exception:  # noqa: BLE001 - then the listing is compared
+            return None
+
+    def _kernel_state(self, generation: int | None) -> str | None:
+        """Boot, network namespace and ruleset generation, as saved with a document: while
+        all three are the same, nothing was committed since it was applied."""
+        if generation is None:
+            return None
+        try:
+            boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+            ns = os.stat(f"/run/netns/{self.cfg.netns}" if self.cfg.netns
+                         else "/proc/self/ns/net")
+        except OSError:
+            return None
+        return f"{boot} {ns.st_dev}:{ns.st_ino} {self.cfg.netns or ''} {generation}"
 
     def _ready(self, origin: str) -> None:
         if not self.ready:
@@ -518,26 +579,48 @@ class Daemon:
         self._check_drift()
 
     def _check_drift(self) -> bool:
-        assert self.applied is not None
+        a = self.applied
+        assert a is not None
+        reported = self._drift_requests
+        if a.generation is not None:
+            now = self._generation()
+            if now == a.generation:
+                self._drift_seen = reported   # a report of our own commit's (an overrun)
+                return False                  # nothing committed since the apply
+            if now is not None and self.monitor is not None and reported == self._drift_seen:
+                return False   # other tables' commits: the monitor reported nothing of ours
+            if now is None and a.live_text is None:
+                log.error("cannot read the kernel's ruleset generation: drift not checked")
+                return False
+            if a.live_text is None:
+                log.warning("drift: the live ruleset is not the one applied (changed by "
+                            "another process after generation %d, now %s); restoring it",
+                            a.generation, now)
+                return self._repair()
         try:
             live = self.backend.live_text()
         except Exception as exc:  # noqa: BLE001
             log.error("cannot read the live ruleset: %s", exc)
             return False
-        if live == self.applied.live_text:
+        self._drift_seen = reported
+        if live == a.live_text:
             return False
         if not live:
             what = "the sgagent table is gone"
         else:
             # not difflib: it is quadratic (1.5 s for a 15,000-line listing)
-            had, has = self.applied.live_text.splitlines(), live.splitlines()
+            had, has = (a.live_text or "").splitlines(), live.splitlines()
             gone, came = set(had) - set(has), set(has) - set(had)
             first = next((f"-{x}" for x in had if x in gone), None) or \
                 next((f"+{x}" for x in has if x in came), "?")
             what = f"{len(gone) + len(came)} lines differ, first: {first.strip()}" \
                 if gone or came else "the same lines in another order"
         log.warning("drift: the live ruleset is not the one applied (%s); restoring it", what)
+        return self._repair()
+
+    def _repair(self) -> bool:
         a = self.applied
+        assert a is not None
         if self._apply(a.doc, a.raw, a.digest, a.origin, "repair", save=False):
             self.repairs += 1
             self.stats.drift_repaired()
@@ -569,13 +652,16 @@ class Daemon:
         self.notifier.status(self._status_text())
 
 
-def _release_memory() -> None:
+def _release_memory(collect: bool = True) -> None:
     """After an apply the previous document, its parse and its render are garbage: collect
-    them and hand the freed heap back to the system (glibc keeps it otherwise), so that an
-    idle daemon's RSS reflects what it holds, not its peak."""
+    them (``collect``: a full collection, after an apply that replaced the table; it takes
+    seconds at 100,000 rules, so a change-sized apply leaves the cycles to the collector's
+    own schedule) and hand the freed heap back to the system (glibc keeps it otherwise), so
+    that an idle daemon's RSS reflects what it holds, not its peak."""
     import ctypes
     import gc
-    gc.collect()
+    if collect:
+        gc.collect()
     try:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):  # not glibc

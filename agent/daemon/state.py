@@ -36,6 +36,7 @@ class Saved:
     saved_at: str
     digest: str
     live: str | None = None   # fingerprint of the kernel's table it was saved from
+    kernel: str | None = None  # the kernel state right after it was applied (see save)
 
 
 @dataclass(frozen=True)
@@ -56,10 +57,12 @@ class StateStore:
         self.dir = Path(state_dir)
         self.path = self.dir / STATE_FILE
 
-    def save(self, raw: bytes, origin: str, live: str | None = None) -> None:
+    def save(self, raw: bytes, origin: str, live: str | None = None,
+             kernel: str | None = None) -> None:
         """Atomically replace the saved document with ``raw``; ``live`` is the fingerprint of
-        the table the kernel loaded from it (see ``NftBackend.fingerprint``), by which a
-        restarted daemon recognises that table as this document's."""
+        the table the kernel loaded from it (see ``NftBackend.fingerprint``), ``kernel`` names
+        the kernel state right after it was loaded (boot, namespace and ruleset generation):
+        by either a restarted daemon recognises that table as this document's."""
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         record = {
             "format": FORMAT,
@@ -68,6 +71,7 @@ class StateStore:
             "digest": digest(raw),
             "document": raw.decode("utf-8"),
             **({"live": live} if live else {}),
+            **({"kernel": kernel} if kernel else {}),
         }
         data = json.dumps(record, indent=1).encode() + b"\n"
         fd, tmp = tempfile.mkstemp(prefix=".last-good.", suffix=".tmp", dir=self.dir)
@@ -129,7 +133,9 @@ class StateStore:
             saved_at = str(record.get("saved_at", "?"))
             live = record.get("live")
             live = live if isinstance(live, str) else None
+            kernel = record.get("kernel")
+            kernel = kernel if isinstance(kernel, str) else None
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise DocumentError([f"(state): not a saved document ({exc})"], str(self.path)) from None
         doc = parse_bytes(raw, f"{self.path} (saved from {origin})")
-        return Saved(doc, raw, origin, saved_at, digest(raw), live)
+        return Saved(doc, raw, origin, saved_at, digest(raw), live, kernel)

@@ -56,6 +56,11 @@ class NftBackend:
         """The same counters read another way (see :meth:`NftKernel.counters_via_listing`)."""
         return self.kernel.counters_via_listing()  # type: ignore[attr-defined]
 
+    def generation(self) -> int | None:
+        """The kernel's ruleset generation (bumped by every commit, anyone's; None: cannot
+        be read).  While it is :attr:`ApplyResult.generation`, nothing changed since."""
+        return self.kernel.generation()
+
     def live_text(self) -> str:
         """The live table as the kernel lists it, without counter values ('' if none)."""
         return self.kernel.listing()
