@@ -1,0 +1,77 @@
+"""How IR identities become iptables chain and ipset names and rule comments, and back.
+
+Everything sgagent creates is named ``sgagent...``: chains (at most 28 characters) and ipsets
+(at most 31).  Chains and sets that are named after their content (``sgagent-k-``, ``-n-``,
+``-t-``, ``sgagent-s-``) hold the same content whenever they hold that name; a counting chain
+(``sgagent-d-``) is named after its counter's identity, so it is never rewritten while its
+rule stays, and its kernel counters keep counting.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+
+from ..ir import CounterKey
+from ..nft.names import counter_comment, counter_name, parse_comment
+
+PREFIX = "sgagent"
+ROOTS = {"INPUT": "sgagent-INPUT", "FORWARD": "sgagent-FORWARD", "OUTPUT": "sgagent-OUTPUT"}
+_DIR = {"inbound": "in", "outbound": "out"}
+_SAFE_IF = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+_SAFE_COMMENT = re.compile(r"[A-Za-z0-9_.:/@+=,|-]{1,250}")
+B64 = "b64:"
+
+
+def digest(*parts: str) -> str:
+    h = hashlib.sha1()
+    for p in parts:
+        h.update(p.encode())
+        h.update(b"\n")
+    return h.hexdigest()[:16]
+
+
+def nic_chain(nic: str, direction: str) -> str:
+    name = nic if _SAFE_IF.fullmatch(nic) else "x" + hashlib.sha1(nic.encode()).hexdigest()[:10]
+    return f"{PREFIX}-{_DIR[direction]}-{name}"
+
+
+def decider_chain(key: CounterKey) -> str:
+    """The chain that counts for ``key`` and gives its verdict."""
+    return f"{PREFIX}-d-{counter_name(key)[2:18]}"
+
+
+def content_chain(kind: str, rules: tuple[str, ...]) -> str:
+    """A chain named after its rules (``kind``: k class, n lookup node, t tail)."""
+    return f"{PREFIX}-{kind}-{digest(*rules)}"
+
+
+def content_set(*parts: str) -> str:
+    return f"{PREFIX}-s-{digest(*parts)}"
+
+
+def comment_of(key: CounterKey) -> str:
+    """The counter identity as a rule comment iptables-restore takes as one word."""
+    text = counter_comment(key)
+    if _SAFE_COMMENT.fullmatch(text):
+        return text
+    return B64 + base64.urlsafe_b64encode(text.encode()).decode()
+
+
+def key_of(comment: str) -> CounterKey | None:
+    if comment.startswith(B64):
+        try:
+            comment = base64.urlsafe_b64decode(comment[len(B64):]).decode()
+        except (ValueError, UnicodeDecodeError):
+            return None
+    return parse_comment(comment)
+
+
+def interface_problem(nic: str) -> str | None:
+    """Why iptables cannot match interface ``nic`` exactly (a trailing '+' is its wildcard)."""
+    if nic.endswith("+"):
+        return "a trailing '+' is a wildcard to iptables"
+    if nic.startswith("!"):
+        return "a leading '!' negates the match to iptables"
+    return None

@@ -1,0 +1,354 @@
+"""Render the IR as iptables chains and ipsets, per address family (iptables, ip6tables).
+
+``sets`` renders the plan of the nftables set rendering (:mod:`sgagent.peerclass`): the peer
+address is looked up in ipsets, then a short *class chain* decides by protocol and port.
+iptables has no verdict maps, so the lookup is a binary tree over the class number: the
+classes of a NIC chain and family are numbered 1..N, and ipset ``b<k>`` (``hash:net``) holds
+the addresses whose class has bit ``k``; a node chain tests one bit and goes on to the next,
+so a packet costs ceil(log2(N+1)) ipset lookups whatever the number of rules.  Single
+addresses and group members (looked up exactly in nftables) are /32 (/128) elements, which
+``hash:net`` finds before the networks around them (longest prefix first); where such an
+address lacks a bit its network has, it is a ``nomatch`` element.  ``linear`` writes one rule
+per match of each decision, in order (kept for comparison, as for nftables).
+
+Every deciding rule goes to the decision's counting chain (``sgagent-d-``), which counts and
+gives the verdict: accept is ``RETURN`` (back to the dispatch chain, so forwarded packets are
+still judged on the NIC they leave by), drop ``DROP``, reject ``REJECT``.  Rules are written
+as ``iptables-save`` prints them, so that the live chains can be compared with them.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ipaddress
+from dataclasses import dataclass, field
+
+from ..allowances import DHCP_PORTS, LINK_ICMPV6
+from ..ir import Chain, CounterKey, Decision, GroupSet, Match, Ruleset
+from ..partition import Painted
+from ..peerclass import ICMP, TCP, UDP, Plan, other_protocols, plan_chain
+from .names import (ROOTS, comment_of, content_chain, content_set, decider_chain,
+                    interface_problem, nic_chain)
+
+RENDERINGS = ("sets", "linear")
+FAMILIES = (4, 6)
+_ADDR = {"inbound": "src", "outbound": "dst"}
+_IFACE = {"inbound": "-i", "outbound": "-o"}
+_ICMP = {4: ("icmp", "--icmp-type", "icmp-admin-prohibited"),
+         6: ("ipv6-icmp", "--icmpv6-type", "icmp6-adm-prohibited")}
+_BITS = {4: 32, 6: 128}
+
+
+class RenderError(ValueError):
+    """The ruleset cannot be written for iptables (e.g. an interface name it reads as a
+    pattern)."""
+
+
+@dataclass(frozen=True)
+class IpSet:
+    type: str                  # hash:net | hash:ip
+    family: int
+    elements: tuple[str, ...]  # as ``ipset save`` lists them; "ADDR nomatch" for exceptions
+
+    def create(self, name: str) -> str:
+        fam = "inet" if self.family == 4 else "inet6"
+        size = max(1024, len(self.elements))
+        return f"create {name} {self.type} family {fam} hashsize {size} maxelem {max(65536, 2 * size)}"
+
+
+@dataclass
+class Tables:
+    """What sgagent loads: per family, chains (name -> rules, each as ``iptables-save``
+    prints it after ``-A NAME``), and the ipsets they look up."""
+    chains: dict[int, dict[str, tuple[str, ...]]] = field(
+        default_factory=lambda: {4: {}, 6: {}})
+    sets: dict[str, IpSet] = field(default_factory=dict)
+    counters: dict[str, CounterKey] = field(default_factory=dict)  # decider chain -> key
+
+    def add_chain(self, family: int, rules: list[str] | tuple[str, ...], kind: str) -> str:
+        rules = tuple(rules)
+        name = content_chain(kind, rules)
+        self.chains[family].setdefault(name, rules)
+        return name
+
+    def add_set(self, s: IpSet) -> str:
+        name = content_set(s.type, str(s.family), *s.elements)
+        self.sets.setdefault(name, s)
+        return name
+
+    def listing(self) -> list[str]:
+        """Every chain and set, one line per rule and element, in an order that does not
+        depend on the order they were made in (what ``diff`` and drift compare)."""
+        out = []
+        for family in FAMILIES:
+            tool = "iptables" if family == 4 else "ip6tables"
+            for name in sorted(self.chains[family]):
+                out.append(f"{tool} chain {name}\n")
+                out += [f"  {r}\n" for r in self.chains[family][name]]
+        for name in sorted(self.sets):
+            s = self.sets[name]
+            out.append(f"ipset {name} {s.type} family {s.family}\n")
+            out += [f"  {e}\n" for e in sorted(s.elements)]
+        return out
+
+    def text(self) -> str:
+        """``iptables-restore`` and ``ipset restore`` input for a first load (what ``sgagent
+        compile --backend iptables`` prints)."""
+        lines = ["# ipset restore"]
+        for name, s in self.sets.items():
+            lines.append(s.create(name))
+            lines += [f"add {name} {e}" for e in s.elements]
+        for family in FAMILIES:
+            lines.append(f"# {'iptables' if family == 4 else 'ip6tables'}-restore --noflush")
+            lines.append("*filter")
+            lines += [f":{n} - [0:0]" for n in self.chains[family]]
+            for n, rules in self.chains[family].items():
+                lines += [f"-A {n} {r}" for r in rules]
+            lines += [f"-I {hook} 1 -j {root}" for hook, root in ROOTS.items()]
+            lines.append("COMMIT")
+        return "\n".join(lines) + "\n"
+
+
+def render(rs: Ruleset, rendering: str = "sets") -> Tables:
+    if rendering not in RENDERINGS:
+        raise ValueError(f"unknown rendering {rendering!r} (one of {', '.join(RENDERINGS)})")
+    for chain in rs.chains:
+        problem = interface_problem(chain.nic)
+        if problem:
+            raise RenderError(f"host.nics: {chain.nic!r} cannot be matched exactly by "
+                              f"iptables: {problem}")
+        if any(d.log is not None or d.audit for d in (*chain.decisions, chain.default)):
+            raise RenderError(f"{chain.nic} {chain.direction}: flow logs and audit rules "
+                              f"(log, mode: audit, log_default) are not rendered by the "
+                              f"iptables backend yet; use --backend nftables")
+    t = Tables()
+    groups = {g.name: g for g in rs.groups}
+    for chain in rs.chains:
+        plans = plan_chain(chain, groups) if rendering == "sets" else None
+        for family in FAMILIES:
+            r = _ChainRenderer(t, chain, family, groups)
+            body = r.lookup(plans[family]) if plans else r.linear()
+            t.chains[family][nic_chain(chain.nic, chain.direction)] = \
+                tuple(preamble(chain.direction, family) + body)
+    for family in FAMILIES:
+        for hook, dirs in (("INPUT", ["inbound"]), ("FORWARD", ["inbound", "outbound"]),
+                           ("OUTPUT", ["outbound"])):
+            t.chains[family][ROOTS[hook]] = tuple(
+                f"{_IFACE[c.direction]} {c.nic} -j {nic_chain(c.nic, c.direction)}"
+                for d in dirs for c in rs.chains if c.direction == d)
+    return t
+
+
+def preamble(direction: str, family: int) -> list[str]:
+    """State and the always-allowed traffic of SEMANTICS sections 4 and 5."""
+    client, server = DHCP_PORTS[family]
+    sport, dport = (server, client) if direction == "inbound" else (client, server)
+    rules = ["-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+             f"-p udp -m udp --sport {sport} --dport {dport} -j RETURN"]
+    if family == 6:
+        rules += [f"-p ipv6-icmp -m icmp6 --icmpv6-type {t} -j RETURN" for t in sorted(LINK_ICMPV6)]
+    rules.append("-m conntrack --ctstate INVALID -j DROP")
+    return rules
+
+
+class _ChainRenderer:
+    def __init__(self, t: Tables, chain: Chain, family: int, groups: dict[str, GroupSet]):
+        self.t, self.chain, self.family, self.groups = t, chain, family, groups
+        self.addr = _ADDR[chain.direction]
+        self._tail: str | None = None
+
+    # -- counting and the tail ---------------------------------------------------------------
+    def decider(self, key: CounterKey, action: str) -> str:
+        name = decider_chain(key)
+        if name not in self.t.chains[self.family]:
+            c = f"-m comment --comment {comment_of(key)}"
+            if action == "accept":
+                rules = [f"{c} -j RETURN"]
+            elif action == "drop":
+                rules = [f"{c} -j DROP"]
+            else:
+                rules = [f"-p tcp {c} -j REJECT --reject-with tcp-reset",
+                         f"{c} -j REJECT --reject-with {_ICMP[self.family][2]}"]
+            self.t.chains[self.family][name] = tuple(rules)
+            self.t.counters[name] = key
+        return name
+
+    def member_set(self, group: str) -> str:
+        g = self.groups.get(group)
+        addrs = (g.v4 if self.family == 4 else g.v6) if g else ()
+        return self.t.add_set(IpSet("hash:ip", self.family, tuple(sorted(map(str, set(addrs))))))
+
+    def tail(self) -> str:
+        """Inner access, then the default."""
+        if self._tail is None:
+            ch = self.chain
+            rules = []
+            if ch.inner_counter is not None:
+                accept = self.decider(ch.inner_counter, "accept")
+                # as nftables: inner access looks at the source, in either direction
+                rules += [f"-m set --match-set {self.member_set(g)} src -g {accept}"
+                          for g in ch.inner_access]
+            rules.append(f"-g {self.decider(ch.default.counter, ch.default.action)}")
+            self._tail = self.t.add_chain(self.family, rules, "t")
+        return self._tail
+
+    def target(self, owner: int | None) -> str:
+        if owner is None:
+            return self.tail()
+        d = self.chain.decisions[owner]
+        return self.decider(d.counter, d.action)
+
+    # -- sets -------------------------------------------------------------------------------
+    def lookup(self, plan: Plan) -> list[str]:
+        """Look the peer up: the class number's bits in ipsets, then the class chain."""
+        points = sorted(set(plan.singles()) | set(plan.points()))
+        intervals = plan.intervals()
+        index: dict[Painted, int] = {}
+        exact = [(a, self._number(index, plan.row_at(a))) for a in points]
+        ranges = [(lo, hi, self._number(index, row)) for lo, hi, row in intervals]
+        if not index:
+            return [f"-g {self.tail()}"]
+        classes = {n: self.class_chain(row) for row, n in index.items()}
+        bits = max(index.values()).bit_length()
+        sets = [self._bit_set(k, exact, ranges) for k in range(bits)]
+        return [f"-g {self._node(bits - 1, 0, sets, classes, max(index.values()))}"]
+
+    @staticmethod
+    def _number(index: dict[Painted, int], row: Painted) -> int:
+        if not row:
+            return 0
+        return index.setdefault(row, len(index) + 1)
+
+    def _bit_set(self, k: int, exact, ranges) -> str:
+        bit = 1 << k
+        elements = []
+        starts = [lo for lo, _, _ in ranges]
+        for lo, hi, n in ranges:
+            if n & bit:
+                elements += cidrs(lo, hi, self.family)
+        for a, n in exact:
+            if n & bit:
+                elements.append(ntoa(a, self.family))
+                continue
+            i = bisect.bisect_right(starts, a) - 1
+            if i >= 0 and ranges[i][1] >= a and ranges[i][2] & bit:
+                elements.append(f"{ntoa(a, self.family)} nomatch")
+        return self.t.add_set(IpSet("hash:net", self.family, tuple(sorted(elements))))
+
+    def _node(self, k: int, value: int, sets: list[str], classes: dict[int, str],
+              top: int) -> str:
+        """The chain deciding bits k..0 of the class number, bits above being ``value``."""
+        if k < 0:
+            return classes.get(value) or self.tail()
+        one, zero = value | 1 << k, value
+        rules = []
+        if one <= top:
+            rules.append(f"-m set --match-set {sets[k]} {self.addr} "
+                         f"-g {self._node(k - 1, one, sets, classes, top)}")
+        rules.append(f"-g {self._node(k - 1, zero, sets, classes, top)}")
+        if len(rules) == 1:
+            return rules[0][3:]
+        return self.t.add_chain(self.family, rules, "n")
+
+    def class_chain(self, row: Painted) -> str:
+        """Decide by protocol and port or ICMP type; what no box covers goes to the tail."""
+        icmp = ICMP[self.family]
+        l4, flag, _ = _ICMP[self.family]
+        tcpudp: list[str] = []
+        icmps: list[str] = []
+        other: dict[int | None, list[tuple[int, int]]] = {}
+        for plo, phi, vlo, vhi, owner in row:
+            for p in (TCP, UDP, icmp):
+                if plo <= p <= phi:
+                    go = f"-g {self.target(owner)}"
+                    if p == icmp:
+                        if (vlo, vhi) == (0, 255):
+                            icmps.append(f"-p {l4} {go}")
+                        else:
+                            icmps += [f"-p {l4} -m {'icmp' if self.family == 4 else 'icmp6'} "
+                                      f"{flag} {v} {go}" for v in range(vlo, vhi + 1)]
+                    else:
+                        name = "tcp" if p == TCP else "udp"
+                        if (vlo, vhi) == (0, 65535):
+                            tcpudp.append(f"-p {name} {go}")
+                        else:
+                            port = str(vlo) if vlo == vhi else f"{vlo}:{vhi}"
+                            tcpudp.append(f"-p {name} -m {name} --dport {port} {go}")
+            for lo, hi in _others(plo, phi, icmp):
+                other.setdefault(owner, []).append((lo, hi))
+        rules = tcpudp + icmps
+        if other:
+            rules += [f"-p {p} -g {self.tail()}" for p in ("tcp", "udp", l4)]
+            full = other_protocols(self.family)
+            for owner, spans in other.items():
+                go = f"-g {self.target(owner)}"
+                if sorted(spans) == full:
+                    rules.append(go)  # every other protocol: nothing else is left here
+                    break
+                # protocol 0 cannot be named to iptables (-p 0 is any protocol)
+                rules += [f"-p {p} {go}" for lo, hi in spans for p in range(max(lo, 1), hi + 1)]
+        rules.append(f"-g {self.tail()}")
+        return self.t.add_chain(self.family, rules, "k")
+
+    # -- linear -----------------------------------------------------------------------------
+    def linear(self) -> list[str]:
+        rules = []
+        for d in self.chain.decisions:
+            for m in d.matches:
+                if m.family == self.family:
+                    rules += self._match_rules(m, d)
+        return rules + [f"-g {self.tail()}"]
+
+    def _match_rules(self, m: Match, d: Decision) -> list[str]:
+        go = f"-g {self.decider(d.counter, d.action)}"
+        flag = "-s" if self.addr == "src" else "-d"
+        if m.group is not None:
+            peers = [f"-m set --match-set {self.member_set(m.group)} {self.addr}"]
+        else:
+            peers = ["" if n.prefixlen == 0 else f"{flag} {n.with_prefixlen}" for n in m.nets]
+        l4, iflag, _ = _ICMP[self.family]
+        if m.proto is None:
+            protos = [""]
+        elif m.proto in ("tcp", "udp"):
+            protos = [f"-p {m.proto}"] if m.ports is None else \
+                [f"-p {m.proto} -m {m.proto} --dport {lo if lo == hi else f'{lo}:{hi}'}"
+                 for lo, hi in m.ports]
+        elif m.proto in ("icmp", "icmpv6"):
+            if (m.proto == "icmp") != (self.family == 4):
+                return []
+            protos = [f"-p {l4}"] if m.icmp_type is None else \
+                [f"-p {l4} -m {'icmp' if self.family == 4 else 'icmp6'} {iflag} {m.icmp_type}"]
+        else:
+            protos = [f"-p {m.proto}"]
+        return [" ".join(x for x in (peer, proto, go) if x) for peer in peers for proto in protos]
+
+
+def _others(plo: int, phi: int, icmp: int):
+    """The parts of a protocol range other than tcp, udp and the family's ICMP."""
+    lo = plo
+    for c in sorted({TCP, UDP, icmp}):
+        if c < lo or c > phi:
+            continue
+        if lo < c:
+            yield lo, c - 1
+        lo = c + 1
+    if lo <= phi:
+        yield lo, phi
+
+
+def ntoa(a: int, family: int) -> str:
+    return str(ipaddress.ip_address(a) if family == 4 else ipaddress.IPv6Address(a))
+
+
+def cidrs(lo: int, hi: int, family: int) -> list[str]:
+    """[lo, hi] as networks; ``hash:net`` takes no /0, so the whole space is two halves."""
+    ip = ipaddress.IPv4Address if family == 4 else ipaddress.IPv6Address
+    out = []
+    for net in ipaddress.summarize_address_range(ip(lo), ip(hi)):
+        if net.prefixlen == 0:
+            out += [str(s) for s in net.subnets(1)]
+        elif net.prefixlen == _BITS[family]:
+            out.append(str(net.network_address))
+        else:
+            out.append(str(net))
+    return out

@@ -1,0 +1,128 @@
+"""A small model of iptables and ipset, for the part of their syntax the iptables renderer
+writes: walk the chains for one new packet, as the kernel would, and say which counting chain
+decided it.  It lets the renderer be checked against the evaluator without root; the kernel
+tests check the same rendering with real packets."""
+
+from __future__ import annotations
+
+import ipaddress
+import shlex
+import socket
+
+from sgagent.ipt.names import ROOTS, key_of
+from sgagent.ipt.render import Tables
+
+PROTO = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
+
+
+class Packet:
+    def __init__(self, iif, oif, src, dst, proto, dport=None, icmp_type=None, sport=40000):
+        self.iif, self.oif = iif, oif
+        self.src, self.dst = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+        self.proto, self.dport, self.icmp_type, self.sport = proto, dport, icmp_type, sport
+
+
+def _proto(tok: str) -> int:
+    return int(tok) if tok.isdigit() else socket.getprotobyname(tok)
+
+
+def in_set(t: Tables, name: str, addr) -> bool:
+    s = t.sets[name]
+    if s.type == "hash:ip":
+        return str(addr) in s.elements
+    best = None  # longest prefix first; a nomatch element answers no
+    for e in s.elements:
+        net, _, flag = e.partition(" ")
+        n = ipaddress.ip_network(net)
+        if addr in n and (best is None or n.prefixlen > best[0]):
+            best = (n.prefixlen, flag == "nomatch")
+    return best is not None and not best[1]
+
+
+def matches(t: Tables, tokens: list[str], p: Packet) -> tuple[bool, list[str]]:
+    """Whether the rule's matches hold, and its target tokens."""
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if tok in ("-j", "-g"):
+            return True, tokens[i:]
+        arg = tokens[i + 1]
+        if tok == "-p":
+            if p.proto != _proto(arg):
+                return False, []
+        elif tok == "-m":
+            if arg == "conntrack":  # a new, valid packet: neither state holds
+                return False, []
+            if arg == "set":
+                name, where = tokens[i + 3], tokens[i + 4]
+                if not in_set(t, name, p.src if where == "src" else p.dst):
+                    return False, []
+                i += 5
+                continue
+            if arg == "comment":
+                i += 4
+                continue
+        elif tok == "--dport":
+            lo, _, hi = arg.partition(":")
+            if p.dport is None or not int(lo) <= p.dport <= int(hi or lo):
+                return False, []
+        elif tok == "--sport":
+            if p.sport != int(arg):
+                return False, []
+        elif tok in ("--icmp-type", "--icmpv6-type"):
+            if p.icmp_type != int(arg):
+                return False, []
+        elif tok == "-i":
+            if p.iif != arg:
+                return False, []
+        elif tok == "-o":
+            if p.oif != arg:
+                return False, []
+        elif tok in ("-s", "-d"):
+            if (p.src if tok == "-s" else p.dst) not in ipaddress.ip_network(arg):
+                return False, []
+        else:
+            raise AssertionError(f"the model does not know {tok!r}")
+        i += 2
+    raise AssertionError(f"rule without a target: {tokens}")
+
+
+def run(t: Tables, hook: str, p: Packet) -> list[tuple[str, object]]:
+    """The verdicts (accept at the end of the hook, drop, reject) with the counter key of the
+    counting chain each went through (None where no counting chain decided)."""
+    family = p.src.version
+    chains = t.chains[family]
+    key = None
+    stack: list[tuple[str, int]] = []
+    chain, i = ROOTS[hook], 0
+    steps = 0
+    while True:
+        steps += 1
+        assert steps < 10000, "loop"
+        rules = chains[chain]
+        if i >= len(rules):
+            if not stack:
+                return [("accept", key)]
+            chain, i = stack.pop()
+            continue
+        tokens = shlex.split(rules[i])
+        i += 1
+        ok, target = matches(t, tokens, p)
+        if not ok:
+            continue
+        if chain.startswith("sgagent-d-"):
+            key = key_of(tokens[tokens.index("--comment") + 1])
+        verb, what = target[0], target[1]
+        if what == "RETURN":
+            if not stack:
+                return [("accept", key)]
+            chain, i = stack.pop()
+        elif what == "DROP":
+            return [("drop", key)]
+        elif what == "REJECT":
+            return [("reject", key)]
+        elif verb == "-j":
+            stack.append((chain, i))
+            chain, i = what, 0
+        else:  # -g: a RETURN goes back to where the last -j came from
+            chain, i = what, 0

@@ -1,0 +1,127 @@
+"""The iptables rendering without root: its names fit iptables and ipset, it refuses what
+iptables would read as a pattern, and -- through a model of the iptables and ipset syntax it
+writes (tests/ipt/sim.py) -- every generated packet gets the evaluator's verdict and counts on
+the evaluator's rule, for both renderings.  tests/ipt/test_kernel.py checks the same with
+real packets."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sgagent.compiler import compile_document
+from sgagent.evaluator import Packet as EvPacket
+from sgagent.evaluator import evaluate
+from sgagent.ipt.names import comment_of, key_of
+from sgagent.ipt.render import RenderError, cidrs, render
+from sgagent.ipt.rules import normal_rule, parse_save, restore_script
+from sgagent.ir import CounterKey
+from sgagent.load import load_file, parse_data
+
+from ..strategies import documents, probes
+from .sim import PROTO, Packet, run
+
+HOST = {4: "192.0.2.1", 6: "2001:db8:ffff::1"}
+
+
+def _verdict(t, nic: str, direction: str, peer: str, proto: str, port):
+    addr = ipaddress.ip_address(peer)
+    icmp = 8 if proto == "icmp" else 128 if proto == "icmpv6" else None
+    dport = port if proto in ("tcp", "udp") else None
+    me = HOST[addr.version]
+    if direction == "inbound":
+        p = Packet(nic, None, peer, me, PROTO[proto], dport, icmp)
+        return run(t, "INPUT", p)[0]
+    p = Packet(None, nic, me, peer, PROTO[proto], dport, icmp)
+    return run(t, "OUTPUT", p)[0]
+
+
+@pytest.mark.parametrize("rendering", ["sets", "linear"])
+@settings(max_examples=150, deadline=None, derandomize=True, database=None,
+          suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_rendering_agrees_with_oracle(rendering, data):
+    raw = data.draw(documents())
+    doc = parse_data(raw)
+    t = render(compile_document(doc), rendering)
+    for nic, direction, peer, proto, port in data.draw(probes(raw, 30)):
+        v = evaluate(doc, EvPacket(nic, direction, ipaddress.ip_address(peer), proto,
+                                   port if proto in ("tcp", "udp") else None,
+                                   {"icmp": 8, "icmpv6": 128}.get(proto)))
+        verdict, key = _verdict(t, nic, direction, peer, proto, port)
+        assert verdict == v.verdict, (nic, direction, peer, proto, port, v)
+        if v.reason != "allowance":
+            assert key is not None and (key.group, key.rule, key.policy) == \
+                (v.group, v.rule, v.verdict), (nic, direction, peer, proto, port, v, key)
+
+
+def test_names_fit_iptables_and_ipset():
+    rs = compile_document(load_file("examples/alibaba/multi-group-priority.yaml"))
+    for rendering in ("sets", "linear"):
+        t = render(rs, rendering)
+        for family in (4, 6):
+            assert all(n.startswith("sgagent") and len(n) <= 28 for n in t.chains[family])
+        assert all(n.startswith("sgagent") and len(n) <= 31 for n in t.sets)
+
+
+def test_same_ruleset_renders_the_same():
+    rs = compile_document(load_file("examples/tencent/multi-group-order.yaml"))
+    assert render(rs).text() == render(rs).text()
+
+
+def test_interface_iptables_reads_as_a_pattern_is_refused():
+    raw = {"version": 1, "host": {"instance": "i", "account": "1", "network": "vpc",
+                                  "nics": [{"name": "eth+", "role": "vpc",
+                                            "security_groups": ["sg"]}]},
+           "security_groups": {"sg": {"rules": []}}}
+    with pytest.raises(RenderError, match=r"eth\+.*wildcard"):
+        render(compile_document(parse_data(raw)))
+
+
+@pytest.mark.parametrize("text", ["eth0|in|a|sg-1|ssh", "eth0|in|d||default",
+                                  'eth0|in|a|sg 1|rule "x" \\ y', "eth0|out|r|grüppe|r/1"])
+def test_counter_identity_travels_in_one_comment(text):
+    from sgagent.nft.names import parse_comment
+    key = parse_comment(text)
+    comment = comment_of(key)
+    assert " " not in comment and '"' not in comment and len(comment) < 256
+    assert key_of(comment) == key
+
+
+def test_ranges_become_networks_without_slash_zero():
+    assert cidrs(0, 2**32 - 1, 4) == ["0.0.0.0/1", "128.0.0.0/1"]
+    assert cidrs(int(ipaddress.ip_address("10.0.0.1")), int(ipaddress.ip_address("10.0.0.4")),
+                 4) == ["10.0.0.1", "10.0.0.2/31", "10.0.0.4"]
+
+
+def test_saved_rules_compare_equal_to_rendered():
+    assert normal_rule('-p gre -m comment --comment "a|b" -j RETURN') == \
+        normal_rule("-p 47 -m comment --comment a|b -j RETURN")
+
+
+def test_restore_touches_only_what_changed():
+    have = {"sgagent-d-1": ["-m comment --comment x -j RETURN"], "sgagent-k-1": ["-g sgagent-d-1"],
+            "sgagent-old": ["-j DROP"]}
+    want = {"sgagent-d-1": ("-m comment --comment x -j RETURN",), "sgagent-k-2": ("-g sgagent-d-1",)}
+    script = restore_script(have, want, {"INPUT", "FORWARD", "OUTPUT"})
+    assert ":sgagent-d-1 " not in script and "-A sgagent-d-1" not in script  # counters kept
+    assert ":sgagent-k-2 - [0:0]" in script and "-X sgagent-k-1" in script
+    assert "-X sgagent-old" in script and "-I " not in script
+    assert restore_script(want | {}, want, {"INPUT", "FORWARD", "OUTPUT"}) == ""
+    assert "-I INPUT 1 -j sgagent-INPUT" in restore_script({}, want, {"FORWARD", "OUTPUT"})
+
+
+def test_save_parsing_keeps_only_sgagent_and_reads_counters():
+    key = CounterKey("eth0", "inbound", "sg", "r1", "accept")
+    text = "\n".join([
+        "*nat", ":DOCKER - [0:0]", "[1:2] -A DOCKER -j RETURN", "COMMIT", "*filter",
+        ":INPUT ACCEPT [0:0]", ":sgagent-d-1 - [0:0]", "[5:500] -A INPUT -j sgagent-INPUT",
+        "[3:300] -A INPUT -s 192.0.2.1/32 -j ACCEPT",
+        f'[7:700] -A sgagent-d-1 -p tcp -m comment --comment "{comment_of(key)}" -j REJECT',
+        f"[1:100] -A sgagent-d-1 -m comment --comment {comment_of(key)} -j REJECT", "COMMIT"])
+    s = parse_save(text)
+    assert s.hooked == {"INPUT"} and s.foreign == 1 and list(s.chains) == ["sgagent-d-1"]
+    assert s.counters() == {key: (8, 800)}
