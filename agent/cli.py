@@ -8,6 +8,7 @@ commands import only what each one needs."""
 from __future__ import annotations
 
 import gc
+import os
 import re
 import sys
 
@@ -36,8 +37,15 @@ def _main(argv: list[str] | None) -> int:
     import typer
 
     from .commands import UserError, app
+    args = sys.argv[1:] if argv is None else argv
+    if not args and "_SGAGENT_COMPLETE" not in os.environ:  # (a shell asking to complete)
+        # No command is a usage error (DECISIONS 10, 24): the help, on stderr, and exit 1.
+        import contextlib
+        with contextlib.redirect_stdout(sys.stderr):
+            _main(["--help"])
+        return 1
     try:
-        rc = app(args=argv, standalone_mode=False, prog_name="sgagent")
+        rc = app(args=args, standalone_mode=False, prog_name="sgagent")
         return rc if isinstance(rc, int) else 0
     except typer.Exit as exc:
         return exc.exit_code
@@ -46,8 +54,8 @@ def _main(argv: list[str] | None) -> int:
         return 1
     except typer.TyperException as exc:  # usage errors: unknown command, bad option, ...
         message = exc.format_message()
-        if not message:  # no command given: the help was printed
-            return 0 if not argv and argv is not None else 1
+        if not message:  # a group without its command: the help was printed
+            return 1
         print(f"error: {message.replace('Value error, ', '')}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

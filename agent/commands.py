@@ -20,16 +20,29 @@ from . import __version__
 if TYPE_CHECKING:
     from .evaluator import Packet
     from .model import Document
+    from .progress import Progress
 
 # Exit codes (README "Exit codes", docs/DECISIONS.md): 0 done / nothing to change, 1 a user
-# error or a refused document (usage errors too), 2 changes pending (diff, apply --dry-run),
-# 3 nothing applied (status).
+# error or a refused document (usage errors too), 2 changes pending (diff, apply --dry-run) or
+# findings (lint), 3 nothing applied (status).
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_NOT_APPLIED = 0, 1, 2, 3
+EXIT_FINDINGS = EXIT_CHANGES  # lint: something to look at (DECISIONS 22)
 
 
 class _PlainHelp:
     """Help as people expect it: a flag shows no value (typer would show ``--json <bool>``),
-    an argument shows its metavar (``FILE``, not ``{file}``)."""
+    an argument shows its metavar (``FILE``, not ``{file}``); drawn panels on a terminal,
+    plain text in a pipe (rich is not even imported there)."""
+
+    def format_help(self, ctx, formatter):  # type: ignore[no-untyped-def]
+        from .console import is_terminal
+        if is_terminal():
+            return super().format_help(ctx, formatter)  # type: ignore[misc]
+        rich_mode, self.rich_markup_mode = self.rich_markup_mode, None  # type: ignore[attr-defined]
+        try:
+            return super().format_help(ctx, formatter)  # type: ignore[misc]
+        finally:
+            self.rich_markup_mode = rich_mode
 
     def get_params(self, ctx):  # type: ignore[no-untyped-def]
         params = super().get_params(ctx)  # type: ignore[misc]
@@ -82,9 +95,30 @@ JsonOpt = typer.Option(False, "--json", help="print the result as JSON")
 NetnsOpt = typer.Option(None, "--netns", metavar="NAME", help="work inside this named network namespace (ip netns)")
 
 
-def _load(path: Path) -> Document:
-    from .load import load_file
-    return load_file(path)
+def _load(path: Path, progress: Progress | None = None) -> Document:
+    """The document of ``path``; with ``progress``, its stages: parse (the text), validate."""
+    if progress is None:
+        from .load import load_file
+        return load_file(path)
+    from .load import MAX_BYTES, parse_data, parse_text, read_file
+    progress.stage("parse")
+    raw = read_file(path, MAX_BYTES)
+    if len(raw) > MAX_BYTES:
+        from .load import parse_bytes
+        return parse_bytes(raw, str(path))  # refused for its size, as load_file refuses it
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        from .load import parse_bytes
+        return parse_bytes(raw, str(path))  # refused, in load_file's words
+    data = parse_text(text, str(path))
+    progress.stage("validate")
+    return parse_data(data, str(path))
+
+
+def _progress(stages: list[str], as_json: bool = False) -> Progress:
+    from .progress import for_command
+    return for_command(stages, as_json=as_json)
 
 
 def _backend(name: str, netns_name: str | None, rendering: str = "sets"):
@@ -146,11 +180,15 @@ def compile_(file: Path = typer.Argument(..., metavar="FILE", help="host documen
     """Print the exact ruleset apply would load (needs no root)."""
     from .backends import UnknownBackend, render_text
     from .compiler import compile_document
-    rs = compile_document(_load(file))
-    try:
-        text = render_text(backend, rs, rendering)
-    except UnknownBackend as exc:
-        raise UserError(str(exc)) from None
+    with _progress(["parse", "validate", "compile", "render"]) as progress:
+        doc = _load(file, progress)
+        progress.stage("compile")
+        rs = compile_document(doc)
+        progress.stage("render")
+        try:
+            text = render_text(backend, rs, rendering)
+        except UnknownBackend as exc:
+            raise UserError(str(exc)) from None
     typer.echo(text, nl=False)
 
 
@@ -163,22 +201,29 @@ def apply(file: Path = typer.Argument(..., metavar="FILE", help="host document")
           rendering: str = RenderingOpt, as_json: bool = JsonOpt) -> None:
     """Apply a host document atomically (--dry-run: exit 2 if changes are pending, 0 if none)."""
     from .compiler import compile_document
-    doc = _load(file)
-    rs = compile_document(doc)
-    with _backend(backend, netns, rendering) as be:
-        if dry_run:
-            be.apply(rs, dry_run=True)
-            diff = be.diff(rs)
-            if as_json:
-                typer.echo(json.dumps({"file": str(file), "dry_run": True, "accepted": True,
-                                       "changes": bool(diff), "diff": diff}, indent=2))
+    stages = ["parse", "validate", "compile", "apply"] + (["diff"] if dry_run else [])
+    with _progress(stages, as_json) as progress:
+        doc = _load(file, progress)
+        progress.stage("compile")
+        rs = compile_document(doc)
+        progress.stage("apply")
+        with _backend(backend, netns, rendering) as be:
+            if dry_run:
+                be.apply(rs, dry_run=True)
+                progress.stage("diff")
+                diff = be.diff(rs)
             else:
-                typer.echo(diff if diff else "no change", nl=not diff)
-                typer.echo("dry run: the kernel accepts this ruleset; nothing was changed")
-            if diff:
-                raise typer.Exit(EXIT_CHANGES)
-            return
-        result = be.apply(rs)
+                result = be.apply(rs)
+    if dry_run:
+        if as_json:
+            typer.echo(json.dumps({"file": str(file), "dry_run": True, "accepted": True,
+                                   "changes": bool(diff), "diff": diff}, indent=2))
+        else:
+            typer.echo(diff if diff else "no change", nl=not diff)
+            typer.echo("dry run: the kernel accepts this ruleset; nothing was changed")
+        if diff:
+            raise typer.Exit(EXIT_CHANGES)
+        return
     decisions = sum(len(c.decisions) for c in rs.chains)
     if as_json:
         typer.echo(json.dumps({"file": str(file), "applied": True, "decisions": decisions,
@@ -233,8 +278,12 @@ def explain(file: Path = typer.Argument(..., metavar="FILE", help="host document
                                "audit": [{"group": a.group, "rule": a.rule,
                                           "would": a.policy} for a in v.audits]}))
     else:
-        who = f"{v.group}/{v.rule}" if v.group and not v.rule.startswith(v.group + "/") else v.rule
-        typer.echo(f"{v.verdict} (decided by {v.reason}: {who})" + (", logged" if v.log else ""))
+        from .console import line, style_of
+        from .explain import decided_by, notes
+        line(f"{v.verdict} ({decided_by(doc, pkt, v)})" + (", logged" if v.log else ""),
+             style_of(v.verdict))
+        for note in notes(doc, pkt, v):
+            typer.echo(f"  note: {note}")
         for a in v.audits:  # SEMANTICS section 9: audit rules the packet reached, beside it
             name = a.rule if a.rule.startswith(a.group + "/") else f"{a.group}/{a.rule}"
             typer.echo(f"  audit: {name} would {a.policy}")
@@ -303,12 +352,9 @@ def status(netns: Optional[str] = NetnsOpt,
     if not rows:
         typer.echo("no sgagent ruleset is loaded")
         raise typer.Exit(EXIT_NOT_APPLIED)
+    from .console import table
     cols = ["nic", "direction", "group", "rule", "policy", "packets", "bytes"]
-    table = [[str(r[c]) if r[c] is not None else "-" for c in cols] for r in rows]
-    widths = [max(len(c), *(len(t[i]) for t in table)) for i, c in enumerate(cols)]
-    typer.echo("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths)).rstrip())
-    for t in table:
-        typer.echo("  ".join(v.ljust(w) for v, w in zip(t, widths)).rstrip())
+    table(cols, [[str(r[c]) if r[c] is not None else "-" for c in cols] for r in rows])
 
 
 @command()
@@ -327,13 +373,51 @@ def flush(netns: Optional[str] = NetnsOpt,
 @command()
 def verify(file: Path = typer.Argument(..., metavar="FILE", help="host document"),
            timeout: float = typer.Option(1.0, metavar="SECONDS", help="seconds to wait for an answer to a probe"),
+           strict: bool = typer.Option(False, "--strict",
+                                       help="also fail (exit 1) if any rule went unprobed"),
            as_json: bool = typer.Option(False, "--json", help="print the results as JSON")) -> None:
-    """Prove a document with real packets in a throw-away sandbox of namespaces."""
+    """Prove a document with real packets in a throw-away sandbox of namespaces; a coverage
+    table says which rules were probed and why the others were not."""
     from .verify import run_verify
+    with _progress(["parse", "validate", "plan", "sandbox", "apply", "probe"],
+                   as_json) as progress:
+        doc = _load(file, progress)
+        report = run_verify(doc, timeout=timeout, progress=progress)
+    if as_json:
+        typer.echo(report.as_json())
+    else:
+        report.show()
+    if not report.ok:
+        raise typer.Exit(EXIT_ERROR)
+    if strict and report.coverage is not None and not report.coverage.complete:
+        c = report.coverage
+        typer.echo(f"--strict: {c.total - c.probed} of {c.total} rules not probed", err=True)
+        raise typer.Exit(EXIT_ERROR)
+
+
+@command()
+def lint(file: Path = typer.Argument(..., metavar="FILE", help="host document"),
+         as_json: bool = JsonOpt) -> None:
+    """Rules that can never decide a packet, duplicates, admin ports open to the world,
+    vendor limits, ordering pitfalls (docs/LINT.md); exit 0 with no finding, 2 with
+    findings."""
+    from .lint import KINDS, lint as find, summary
     doc = _load(file)
-    ok = run_verify(doc, timeout=timeout, as_json=as_json, echo=typer.echo)
-    if not ok:
-        raise typer.Exit(1)
+    findings = find(doc)
+    if as_json:
+        typer.echo(json.dumps({"file": str(file), "findings": [f.as_dict() for f in findings],
+                               "counts": {k: sum(f.kind == k for f in findings) for k in KINDS}},
+                              indent=2))
+    else:
+        from .console import is_terminal, line, table
+        if is_terminal():
+            table(["where", "kind", "finding"], [[f.path, f.kind, f.message] for f in findings])
+        else:
+            for f in findings:
+                typer.echo(f"{f.path}: {f.kind}: {f.message}")
+        line(f"{file}: {summary(findings)}", "yellow" if findings else "green")
+    if findings:
+        raise typer.Exit(EXIT_FINDINGS)
 
 
 class Shell(str, Enum):

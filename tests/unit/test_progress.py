@@ -1,0 +1,92 @@
+"""Progress on a terminal only (issue 13): the installed ``sgagent compile`` of a generated
+10,000-rule document (about two seconds) under a pseudo-terminal shows its stages on stderr and
+erases the line at the end; in a pipe, or with --json, nothing; a quick command shows nothing
+either.  The Progress object itself: stages, bar, and silence when disabled."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sgagent.progress import Progress, for_command
+
+from ._terminal import ROOT, run
+
+STAGES = ["parse", "validate", "compile", "render"]
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    path = tmp_path_factory.mktemp("progress") / "doc10000.json"
+    with path.open("w") as fh:
+        subprocess.run([sys.executable, str(ROOT / "bench" / "docgen.py"), "10000"], stdout=fh,
+                       check=True, timeout=120)
+    return path
+
+
+def drawn_stages(stderr: str) -> list[str]:
+    return re.findall(r"[|/\\-] (\w+) \[(\d)/4\]", stderr)
+
+
+def test_compile_shows_its_stages_on_a_terminal(big):
+    tty = run("compile", big, tty_stderr=True)
+    assert tty.returncode == 0
+    stages = drawn_stages(tty.stderr)
+    assert stages, repr(tty.stderr[:300])
+    for name, n in stages:
+        assert STAGES[int(n) - 1] == name
+    assert tty.stderr.endswith("\r\x1b[2K")  # the line is erased when the command is done
+    assert re.search(r"\d+\.\d+s", tty.stderr)
+
+
+def test_compile_in_a_pipe_shows_nothing(big):
+    r = run("compile", big)
+    assert r.returncode == 0 and r.stderr == "" and r.stdout.startswith("table inet sgagent")
+
+
+def test_a_quick_command_shows_nothing_on_a_terminal():
+    r = run("compile", ROOT / "examples" / "defaults-tencent.yaml", tty_stderr=True)
+    assert r.returncode == 0 and r.stderr == ""
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_stages_and_the_bar():
+    p = Progress(["plan", "probe"], enabled=True, stream=Tty(), delay=0)
+    p.stage("probe", total=40)
+    p.advance(10)
+    assert re.fullmatch(r"\| probe \[2/2\] \[#####\.{15}\] 10/40  \d+\.\ds", p.text(0))
+    p.stage("other")
+    assert p.text(1).startswith("/ other ")
+
+
+def test_drawn_after_the_delay_and_erased():
+    out = Tty()
+    with Progress(["a"], enabled=True, stream=out, delay=0.05) as p:
+        p.stage("a")
+        time.sleep(0.4)
+    assert "a [1/1]" in out.getvalue() and out.getvalue().endswith("\r\x1b[2K")
+
+
+def test_disabled_writes_nothing():
+    out = Tty()
+    with Progress(["a"], enabled=False, stream=out, delay=0) as p:
+        p.stage("a")
+        time.sleep(0.2)
+    assert out.getvalue() == ""
+
+
+def test_for_command_is_off_with_json_and_in_a_pipe(monkeypatch):
+    monkeypatch.setattr(sys, "stderr", Tty())
+    assert for_command(["a"]).enabled
+    assert not for_command(["a"], as_json=True).enabled
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert not for_command(["a"]).enabled
