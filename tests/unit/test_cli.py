@@ -304,3 +304,76 @@ def test_usage_errors(capsys, argv, words):
     assert line.startswith("error: ")
     for w in words:
         assert w in line
+
+
+# --------------------------------------------------------------------------- explain: in words
+
+
+def explain_text(capsys, data, *args) -> list[str]:
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "host.yaml"
+        p.write_text(yaml.safe_dump(data))
+        rc, out, err = run(capsys, "explain", p, *args)
+    assert rc == 0, err
+    return out.splitlines()
+
+
+def inbound(peer, protocol="tcp", port="8080", nic="eth0"):
+    args = ["--nic", nic, "--direction", "inbound", "--peer", peer, "--protocol", protocol]
+    return args + (["--port", port] if protocol in ("tcp", "udp") else [])
+
+
+def test_explain_says_inner_access_decided_and_of_which_group(capsys):
+    data = raw({"sg-a": {"members": ["10.0.0.7"], "inner_access": "drop", "rules": []},
+                "sg-b": {"members": ["10.0.0.7", "10.0.0.8"], "rules": []}})
+    assert explain_text(capsys, data, *inbound("10.0.0.7")) == [
+        "accept (decided by inner access of sg-b: no rule matched, and 10.0.0.7 is a member "
+        "of sg-b, whose members may reach each other)"]
+
+
+def test_explain_says_the_group_types_default_decided(capsys):
+    data = raw({"sg": {"members": ["10.0.0.7"], "rules": []}})
+    assert explain_text(capsys, data, *inbound("192.0.2.1")) == [
+        "drop (decided by the default of basic groups: no rule matched, and basic groups drop "
+        "inbound traffic)"]
+    out = explain_text(capsys, data, "--nic", "eth0", "--direction", "outbound", "--peer",
+                       "192.0.2.1", "--protocol", "udp", "--port", "53")
+    assert out == ["accept (decided by the default of basic groups: no rule matched, and "
+                   "basic groups accept outbound traffic)"]
+    data["security_groups"]["sg"] = {"type": "enterprise", "members": ["10.0.0.7"], "rules": []}
+    assert explain_text(capsys, data, *inbound("10.0.0.7")) == [
+        "drop (decided by the default of enterprise groups: no rule matched, and enterprise "
+        "groups drop inbound and outbound traffic)",
+        "  note: 10.0.0.7 is a member of sg, but enterprise groups have no inner access"]
+
+
+def test_explain_says_host_defaults_decided_and_why_inner_access_did_not(capsys):
+    data = raw({"sg": {"members": ["10.0.0.7"], "inner_access": "drop", "rules": []}},
+               defaults={"inbound": "drop"})
+    assert explain_text(capsys, data, *inbound("10.0.0.7")) == [
+        "drop (decided by host.defaults.inbound: no rule matched)",
+        "  note: 10.0.0.7 is a member of sg, but its inner_access is drop"]
+
+
+def test_explain_on_a_classic_internet_nic_says_inner_access_does_not_apply(capsys):
+    data = raw({"sg": {"members": ["10.0.0.7"], "rules": [
+        rule(nic="intranet", ports=22, source="198.51.100.7/32")]}},
+        network="classic", nics=[{"name": "eth0", "role": "intranet", "security_groups": ["sg"]},
+                                 {"name": "eth1", "role": "internet", "security_groups": ["sg"]}])
+    out = explain_text(capsys, data, *inbound("10.0.0.7", nic="eth1"))
+    assert out[0].startswith("drop (decided by the default of basic groups")
+    assert out[1] == ("  note: 10.0.0.7 is a member of sg, but inner access applies on vpc and "
+                      "intranet NICs only, not on the internet NIC eth1")
+    assert explain_text(capsys, data, *inbound("10.0.0.7", nic="eth0"))[0].startswith(
+        "accept (decided by inner access of sg")
+
+
+def test_explain_names_the_failsafe_entry_and_the_allowances(capsys):
+    data = raw({"sg": {"rules": []}},
+               failsafe=[{"direction": "inbound", "service": "ssh", "source": "10.0.0.0/8"}])
+    assert explain_text(capsys, data, *inbound("10.1.2.3", port="22")) == [
+        "accept (decided by the host's failsafe: host.failsafe[0])"]
+    assert explain_text(capsys, data, "--nic", "eth0", "--direction", "inbound", "--peer",
+                        "fe80::1", "--protocol", "icmpv6", "--icmp-type", "135") == [
+        "accept (always allowed: DHCP and link-local ICMPv6 (SEMANTICS §5))"]
