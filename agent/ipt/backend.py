@@ -1,0 +1,125 @@
+"""The iptables backend (:class:`sgagent.backend.kernel.Backend`): the plan of the nftables
+set rendering as iptables chains and ipsets (:mod:`sgagent.ipt.render`), applied to a
+namespace's iptables (:class:`~sgagent.ipt.kernel.IptKernel`, legacy or nf_tables variant).
+
+Each apply compares the wanted chains and sets with what ``iptables-save`` and ``ipset save``
+show, and sends only what differs, one restore per family: a chain whose rules stay is not
+touched, so its counters keep counting (the decision counters live in chains named after
+their identity).  Drift repair is the same apply."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from typing import Callable
+
+from ..backend.kernel import ApplyError, ApplyResult, CounterReading, Refused
+from ..backend.objects import Objects
+from ..ir import Ruleset
+from ..nft.names import counter_comment, counter_name
+from .kernel import IptKernel
+from .names import ROOTS
+from .render import FAMILIES, RenderError, Tables, render
+from .rules import normal_rule
+
+
+class IptBackend:
+    name = "iptables"
+
+    def __init__(self, netns_name: str | None = None, rendering: str = "sets", *,
+                 variant: str | None = None, kernel: IptKernel | None = None) -> None:
+        if kernel is None:
+            if variant is None:
+                from .variant import detect
+                variant = detect(netns_name)
+            kernel = IptKernel(netns_name, variant)
+        self.netns_name = netns_name
+        self.rendering = rendering
+        self.kernel = kernel
+
+    @property
+    def variant(self) -> str:
+        return self.kernel.variant
+
+    def close(self) -> None:
+        self.kernel.close()
+
+    def __enter__(self) -> "IptBackend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- reading --------------------------------------------------------------------------
+    def loaded(self) -> bool:
+        return self.kernel.live().loaded
+
+    def counters(self) -> list[CounterReading]:
+        return self.kernel.counters()
+
+    def live_text(self) -> str:
+        """sgagent's chains, jumps and sets as the kernel holds them, counters aside, in an
+        order that does not depend on the order they were made in ('' if none)."""
+        live = self.kernel.live()
+        if not live.loaded and not live.sets:
+            return ""
+        t = Tables({f: {n: tuple(r) for n, r in live.saved[f].chains.items()} for f in FAMILIES})
+        lines = _listing(t, {f: live.saved[f].hooked for f in FAMILIES})
+        for name in sorted(live.sets):
+            typ, elements = live.sets[name]
+            lines.append(f"ipset {name} {typ}\n")
+            lines += [f"  {e}\n" for e in sorted(elements)]
+        return "".join(lines)
+
+    def fingerprint(self, listing: str) -> str | None:
+        if not listing:
+            return None
+        return hashlib.sha256(listing.encode()).hexdigest()
+
+    def watch(self, on_change: Callable[[], None]):
+        """Poll a cheap fingerprint every second (see :class:`sgagent.ipt.kernel.Poller`)."""
+        return self.kernel.watch(on_change)
+
+    # -- writing --------------------------------------------------------------------------
+    def render(self, rs: Ruleset) -> Tables:
+        try:
+            return render(rs, self.rendering)
+        except RenderError as exc:
+            raise ApplyError(str(exc)) from None
+
+    def apply(self, rs: Ruleset, *, dry_run: bool = False, full: bool = False) -> ApplyResult:
+        tables = self.render(rs)
+        before = self.kernel.commands
+        try:
+            was_loaded = self.kernel.apply(tables, full=full, dry_run=dry_run)
+        except Refused as exc:
+            raise ApplyError(
+                f"iptables refused the ruleset, nothing was changed: {exc}") from None
+        objs = Objects(counters={counter_name(k): counter_comment(k)
+                                 for k in tables.counters.values()})
+        return ApplyResult(objs, "delta" if was_loaded and not full else "full",
+                           self.kernel.commands - before, f"iptables-{self.variant}-restore")
+
+    def flush(self) -> bool:
+        return self.kernel.flush()
+
+    def diff(self, rs: Ruleset) -> str:
+        tables = self.render(rs)
+        want = _listing(tables, {f: set(ROOTS) for f in FAMILIES})
+        for name in sorted(tables.sets):
+            s = tables.sets[name]
+            want.append(f"ipset {name} {s.type}\n")
+            want += [f"  {e}\n" for e in sorted(s.elements)]
+        have = self.live_text().splitlines(keepends=True)
+        return "".join(difflib.unified_diff(have, want, fromfile="live", tofile="apply"))
+
+
+def _listing(t: Tables, hooked: dict[int, set[str]]) -> list[str]:
+    out = []
+    for family in FAMILIES:
+        tool = "iptables" if family == 4 else "ip6tables"
+        out += [f"{tool} {h} -j {ROOTS[h]}\n" for h in ROOTS if h in hooked[family]]
+        for name in sorted(t.chains[family]):
+            out.append(f"{tool} chain {name}\n")
+            out += [f"  {normal_rule(r)}\n" for r in t.chains[family][name]]
+    return out
