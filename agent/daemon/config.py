@@ -4,7 +4,7 @@ unknown fields are refused and every error is reported with its path
 
     source:                 # exactly one of file | https | etcd
       file: {path: /etc/sgagent/host.yaml}
-    backend: nftables
+    backend: nftables       # nftables | iptables | auto (what the host already uses)
     netns: null             # optional: enforce inside this named network namespace
     resync_interval: 60     # seconds between full checks (source re-read, drift repair)
     state_dir: /var/lib/sgagent
@@ -217,7 +217,7 @@ class MetricsConfig(_Strict):
 
 class Config(_Strict):
     source: SourceConfig = SourceConfig(file=FileSource())
-    backend: Literal["nftables"] = "nftables"
+    backend: Literal["nftables", "iptables", "auto"] = "nftables"
     netns: str | None = Field(default=None, description="named network namespace (ip netns)")
     resync_interval: float = Field(default=60.0, ge=0.2, le=86400)
     state_dir: str = DEFAULT_STATE_DIR
