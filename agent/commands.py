@@ -175,7 +175,7 @@ RenderingOpt = typer.Option("sets", "--rendering", metavar="sets|linear",
 
 @command("compile")
 def compile_(file: Path = typer.Argument(..., metavar="FILE", help="host document"),
-             backend: str = typer.Option("nftables", metavar="NAME", help="nftables"),
+             backend: str = typer.Option("nftables", metavar="NAME", help="nftables | iptables | auto"),
              rendering: str = RenderingOpt) -> None:
     """Print the exact ruleset apply would load (needs no root)."""
     from .backends import UnknownBackend, render_text
@@ -197,7 +197,7 @@ def apply(file: Path = typer.Argument(..., metavar="FILE", help="host document")
           netns: Optional[str] = NetnsOpt,
           dry_run: bool = typer.Option(False, "--dry-run",
                                        help="check with the kernel and show the diff; change nothing"),
-          backend: str = typer.Option("nftables", metavar="NAME", help="nftables"),
+          backend: str = typer.Option("nftables", metavar="NAME", help="nftables | iptables | auto"),
           rendering: str = RenderingOpt, as_json: bool = JsonOpt) -> None:
     """Apply a host document atomically (--dry-run: exit 2 if changes are pending, 0 if none)."""
     from .compiler import compile_document
@@ -236,7 +236,7 @@ def apply(file: Path = typer.Argument(..., metavar="FILE", help="host document")
 @command()
 def diff(file: Path = typer.Argument(..., metavar="FILE", help="host document"),
          netns: Optional[str] = NetnsOpt,
-         backend: str = typer.Option("nftables", metavar="NAME", help="nftables"),
+         backend: str = typer.Option("nftables", metavar="NAME", help="nftables | iptables | auto"),
          rendering: str = RenderingOpt, as_json: bool = JsonOpt) -> None:
     """Show what apply would change in the live ruleset; exit 0 if nothing, 2 if changes are
     pending."""
@@ -330,7 +330,7 @@ def make_packet(doc: Document, nic: str, direction: str, peer: str, protocol: st
 @command()
 def status(netns: Optional[str] = NetnsOpt,
            as_json: bool = typer.Option(False, "--json", help="print JSON"),
-           backend: str = typer.Option("nftables", metavar="NAME", help="nftables")) -> None:
+           backend: str = typer.Option("nftables", metavar="NAME", help="nftables | iptables | auto")) -> None:
     """Live rules with their packet and byte counts; exit 3 if no sgagent ruleset is loaded."""
     from .nft.netlink import NetlinkError
     with _backend(backend, netns) as be:
@@ -355,11 +355,13 @@ def status(netns: Optional[str] = NetnsOpt,
     from .console import table
     cols = ["nic", "direction", "group", "rule", "policy", "packets", "bytes"]
     table(cols, [[str(r[c]) if r[c] is not None else "-" for c in cols] for r in rows])
+    variant = getattr(be, "variant", None)
+    typer.echo(f"backend: {be.name}" + (f" ({variant})" if variant else ""))
 
 
 @command()
 def flush(netns: Optional[str] = NetnsOpt,
-          backend: str = typer.Option("nftables", metavar="NAME", help="nftables"),
+          backend: str = typer.Option("nftables", metavar="NAME", help="nftables | iptables | auto"),
           as_json: bool = JsonOpt) -> None:
     """Remove everything sgagent owns, nothing else."""
     with _backend(backend, netns) as be:
@@ -375,14 +377,20 @@ def verify(file: Path = typer.Argument(..., metavar="FILE", help="host document"
            timeout: float = typer.Option(1.0, metavar="SECONDS", help="seconds to wait for an answer to a probe"),
            strict: bool = typer.Option(False, "--strict",
                                        help="also fail (exit 1) if any rule went unprobed"),
-           as_json: bool = typer.Option(False, "--json", help="print the results as JSON")) -> None:
+           as_json: bool = typer.Option(False, "--json", help="print the results as JSON"),
+           backend: str = typer.Option("nftables", metavar="NAME",
+                                       help="nftables | iptables (auto: nftables in the sandbox)")) -> None:
     """Prove a document with real packets in a throw-away sandbox of namespaces; a coverage
     table says which rules were probed and why the others were not."""
+    from .backends import BACKENDS
     from .verify import run_verify
+    if backend not in BACKENDS:
+        raise UserError(f"--backend: {backend!r} is not a backend (available: {', '.join(BACKENDS)})")
     with _progress(["parse", "validate", "plan", "sandbox", "apply", "probe"],
                    as_json) as progress:
         doc = _load(file, progress)
-        report = run_verify(doc, timeout=timeout, progress=progress)
+        report = run_verify(doc, timeout=timeout, progress=progress,
+                            backend_name="nftables" if backend == "auto" else backend)
     if as_json:
         typer.echo(report.as_json())
     else:
