@@ -690,11 +690,13 @@ def reserved_addresses(doc: Document) -> list[str]:
     return out
 
 
-def run_verify(doc: Document, *, timeout: float, progress=None) -> "Report":
+def run_verify(doc: Document, *, timeout: float, progress=None,
+               backend_name: str = "nftables") -> "Report":
     """Probe ``doc`` in a fresh sandbox: the report, with its coverage."""
     if progress is not None:
         progress.stage("plan")
     probes = plan_probes(doc, reserved_addresses(doc))
-    report = check(doc, probes.expectations, timeout=timeout, progress=progress)
+    report = check(doc, probes.expectations, timeout=timeout, progress=progress,
+                   backend_name=backend_name)
     report.coverage = coverage(doc, probes, report)
     return report
