@@ -78,6 +78,8 @@ def _error_message(exc: Exception, user_error: type[Exception]) -> str | None:
         return exc.render()  # type: ignore[attr-defined]
     if _is(exc, ".nft.backend", "ApplyError"):
         return f"error: {one_per_problem(str(exc))}"
+    if _is(exc, ".backend.kernel", "ApplyError") or _is(exc, ".backend.kernel", "Refused"):
+        return f"error: {exc}"  # another backend's (iptables): its tool's own message
     if isinstance(exc, user_error) or _is(exc, ".netns", "NetnsError"):
         return f"error: {exc}"
     if _is(exc, ".nft.libnft", "NftError"):
