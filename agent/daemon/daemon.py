@@ -149,6 +149,7 @@ class Daemon:
 
     def _open(self) -> None:
         self.backend = self._make_backend()
+        self.stats.backend_name = self.backend.name  # sgagent_build_info: what auto picked
         if self.cfg.revocation:
             from .revoke import Revoker
             self.revoker = Revoker(self.cfg.netns)
