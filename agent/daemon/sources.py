@@ -158,6 +158,9 @@ class Source:
     def stop(self) -> None:
         self._stop.set()
 
+    def applied(self, snapshot: Snapshot) -> None:
+        """The daemon enforces ``snapshot`` now (an etcd fleet's agent reports it)."""
+
     def join(self, timeout: float = 2.0) -> None:
         deadline = time.monotonic() + timeout
         for t in self._threads:
