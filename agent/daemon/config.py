@@ -116,8 +116,10 @@ class EtcdSource(_Strict):
     watch_timeout: float = Field(default=300.0, ge=5, le=86400,
                                  description="re-establish a silent watch after this many seconds")
     backoff: Backoff = Backoff(initial=0.2, max=10.0)
-    register: bool = Field(default=False, description="fleet: register this host's NIC "
-                           "addresses and its apply status on an etcd lease (DAEMON.md)")
+    # ``register`` in the file (the attribute's name would shadow BaseModel.register)
+    registers: bool = Field(default=False, alias="register", description="fleet: register "
+                            "this host's NIC addresses and its apply status on an etcd lease "
+                            "(DAEMON.md)")
     lease_ttl: int = Field(default=10, ge=2, le=3600,
                            description="seconds a registration outlives its agent")
 
