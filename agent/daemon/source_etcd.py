@@ -6,16 +6,23 @@ Key layout (``prefix`` defaults to ``/sgagent``)::
                               security_groups.<group> in a host document (YAML or JSON)
     <prefix>/hosts/<host>     one host's binding: the mapping that would sit under host:
                               (instance, account, network, ordering, nics with their
-                              security_groups, failsafe, defaults)
+                              security_groups and addresses, failsafe, defaults)
+    <prefix>/endpoints/<host> a registered agent's live NIC addresses, on its lease
+                              (:mod:`sgagent.fleet.registration`)
+    <prefix>/status/<host>    what a registered agent last applied (not read here)
 
 A group is written once for the whole fleet; every host whose NICs are bound to it (or whose
 groups reference it as a peer) picks up a change to it. A host's document is assembled from
 its binding plus the groups it needs (those bound to its NICs, and transitively the groups
 their rules name as peers), then validated as a whole; an error in a group that this host does
-not use does not affect it.
+not use does not affect it.  Each group's members are its listed ``members`` plus the addresses
+of every VPC or intranet NIC, on any host, bound to it: those its binding lists and those its
+agent registered (SEMANTICS section 10, :mod:`sgagent.fleet.assemble`).  So every agent
+follows every binding and registration; a change that moves only members reaches the kernel
+as a members-only change (the element fast path).
 
-Consistency: the first read takes the binding and the groups at one revision R; two watches
-(the binding key, the groups range) then stream every change after R. The state held is always
+Consistency: the first read takes the bindings, the groups and the registrations at one
+revision R; three watches (one per range) then stream every change after R. The state held is always
 that of one revision. On a reconnect the watches resume from the revision after the last one
 applied (``start_revision``), so nothing is missed across an etcd restart. If etcd compacted
 that revision away (``compact_revision`` in the watch answer), or the cluster was replaced
@@ -41,6 +48,7 @@ from urllib.parse import urlsplit
 
 from etcd3gw.client import Etcd3Client
 
+from ..fleet.assemble import contributions, host_document, members_by_group, needed_groups
 from ..load import DocumentCache, DocumentError, format_loc, parse_data, parse_text
 from .config import EtcdSource as EtcdConfig
 from .sources import (BEAT_EVERY, Backoff, Emit, Invalid, Snapshot, Source, Unavailable,
@@ -167,12 +175,21 @@ class _Stream:
 class EtcdSource(Source):
     kind = "etcd"
 
-    def __init__(self, cfg: EtcdConfig, emit: Emit) -> None:
+    def __init__(self, cfg: EtcdConfig, emit: Emit, netns: str | None = None) -> None:
         super().__init__(emit, cfg.backoff)
         self.cfg = cfg
+        self.netns = netns
         self.host = cfg.host_name
-        self.host_key = f"{cfg.prefix}/hosts/{self.host}"
+        self.hosts_prefix = f"{cfg.prefix}/hosts/"
+        self.host_key = f"{self.hosts_prefix}{self.host}"
         self.groups_prefix = f"{cfg.prefix}/groups/"
+        self.endpoints_prefix = f"{cfg.prefix}/endpoints/"
+        # every other host's binding and every registration (their members); own binding
+        # in _host_value
+        self._bindings: dict[str, bytes] = {}
+        self._endpoints: dict[str, bytes] = {}
+        self._contrib: dict[str, tuple[bytes | None, bytes | None, dict[str, Any]]] = {}
+        self.registration: Any = None
         self.backoff = Backoff(cfg.backoff)
         self._inbox: "queue.SimpleQueue[tuple[int, tuple[Any, ...]]]" = queue.SimpleQueue()
         self._endpoint = 0
@@ -199,7 +216,17 @@ class EtcdSource(Source):
         return f"etcd:{self.host_key}"
 
     def start(self) -> None:
+        if self.cfg.registers:
+            from ..fleet.addresses import AddressWatch
+            from ..fleet.registration import Registration
+            self.registration = Registration(self._client, self.cfg.prefix, self.host,
+                                             self.cfg.lease_ttl, AddressWatch(self.netns))
+            self.registration.start()
         self._thread(self._run, "source-etcd")
+
+    def applied(self, snapshot: Snapshot) -> None:
+        if self.registration is not None and snapshot.version is not None:
+            self.registration.applied(int(snapshot.version), snapshot.digest)
 
     def refresh(self, force: bool = False) -> None:
         """The watch keeps the state current; ``force`` (SIGHUP) reads everything again."""
@@ -211,6 +238,8 @@ class EtcdSource(Source):
         for s in self._streams:
             s.stop()
         self._inbox.put((-1, ("stop",)))
+        if self.registration is not None:
+            self.registration.stop()
 
     # -- clients ------------------------------------------------------------------------------
     def _client(self) -> Etcd3Client:
@@ -342,19 +371,15 @@ class EtcdSource(Source):
         self._emit(Unavailable(reason, self.description, "unreachable"))
 
     def _full_read(self, client: Etcd3Client) -> None:
-        r = client.post(client.get_url("/kv/range"), json={"key": _b64(self.host_key)})
+        r = client.post(client.get_url("/kv/range"), json={
+            "key": _b64(self.hosts_prefix), "range_end": _b64(_prefix_end(self.hosts_prefix))})
         header = r.get("header") or {}
         rev = int(header.get("revision", 0))
-        kvs = r.get("kvs") or []
-        host_value = _unb64(kvs[0].get("value")) if kvs else None
-        g = client.post(client.get_url("/kv/range"), json={
-            "key": _b64(self.groups_prefix), "range_end": _b64(_prefix_end(self.groups_prefix)),
-            "revision": rev})
-        groups = {}
-        for kv in g.get("kvs") or []:
-            name = _unb64(kv["key"]).decode("utf-8", "replace")[len(self.groups_prefix):]
-            if name and "/" not in name:
-                groups[name] = _unb64(kv.get("value"))
+        bindings = _by_name(r, self.hosts_prefix)
+        host_value = bindings.pop(self.host, None)
+        groups, endpoints = (_by_name(client.post(client.get_url("/kv/range"), json={
+            "key": _b64(p), "range_end": _b64(_prefix_end(p)), "revision": rev}), p)
+            for p in (self.groups_prefix, self.endpoints_prefix))
         cluster = header.get("cluster_id") or self.cluster_id
         if rev < self.revision:
             log.warning("etcd is at revision %d, behind the %d we had read (cluster %s%s): "
@@ -362,10 +387,12 @@ class EtcdSource(Source):
                         ", a new cluster" if cluster != self.cluster_id else
                         ", restored from a backup?")
         self._host_value, self._groups = host_value, groups
+        self._bindings, self._endpoints = bindings, endpoints
         self.revision = rev
         self.cluster_id = cluster
         self.full_reads += 1
-        log.info("etcd: read %s and %d groups at revision %d", self.host_key, len(groups), rev)
+        log.info("etcd: read %s, %d groups, %d other hosts' bindings and %d registrations at "
+                 "revision %d", self.host_key, len(groups), len(bindings), len(endpoints), rev)
 
     def _start_streams(self) -> None:
         for s in self._streams:
@@ -375,10 +402,9 @@ class EtcdSource(Source):
         self._resumed.clear()
         start = self.revision + 1
         self._streams = [
-            _Stream(self, self._gen, "host", self.host_key, None, start),
-            _Stream(self, self._gen, "groups", self.groups_prefix,
-                    _prefix_end(self.groups_prefix), start),
-        ]
+            _Stream(self, self._gen, name, prefix, _prefix_end(prefix), start)
+            for name, prefix in (("hosts", self.hosts_prefix), ("groups", self.groups_prefix),
+                                 ("endpoints", self.endpoints_prefix))]
         for s in self._streams:
             s.start()
         if self._unavailable:
@@ -393,14 +419,19 @@ class EtcdSource(Source):
             value = None if deleted else _unb64(kv.get("value"))
             if key == self.host_key:
                 self._host_value = value
-            elif key.startswith(self.groups_prefix):
-                name = key[len(self.groups_prefix):]
-                if not name or "/" in name:
-                    continue
-                if value is None:
-                    self._groups.pop(name, None)
-                else:
-                    self._groups[name] = value
+                continue
+            for prefix, held in ((self.hosts_prefix, self._bindings),
+                                 (self.groups_prefix, self._groups),
+                                 (self.endpoints_prefix, self._endpoints)):
+                if key.startswith(prefix):
+                    name = key[len(prefix):]
+                    if not name or "/" in name:
+                        break
+                    if value is None:
+                        held.pop(name, None)
+                    else:
+                        held[name] = value
+                    break
         self._advance(revision)
 
     # -- assembling the document --------------------------------------------------------------
@@ -433,6 +464,8 @@ class EtcdSource(Source):
             self._emit(Invalid(exc, origin))
             return
         self._last_kind = "snapshot"
+        if self.registration is not None:
+            self.registration.follow([n.name for n in doc.host.nics])
         self._emit(Snapshot(doc, raw, origin, str(self.revision)))
 
     def assemble(self) -> dict[str, Any]:
@@ -444,23 +477,40 @@ class EtcdSource(Source):
         if not isinstance(host, dict):
             raise DocumentError([f"host: the binding at {self.host_key} must be a mapping"],
                                 self.description)
-        todo = []
-        nics = host.get("nics")
-        for nic in nics if isinstance(nics, list) else []:
-            bound = nic.get("security_groups") if isinstance(nic, dict) else None
-            if isinstance(bound, list):
-                todo.extend(g for g in bound if isinstance(g, str))
         groups: dict[str, Any] = {}
-        while todo:
-            name = todo.pop(0)
-            if name in groups or name not in self._groups:
-                continue  # a missing group is reported by validation, with its path
-            data = _parse_value(self._groups[name], ("security_groups", name), errors)
-            groups[name] = data
-            todo.extend(_referenced_groups(data))
+
+        def group(name: str) -> Any:
+            if name not in groups and name in self._groups:
+                groups[name] = _parse_value(self._groups[name], ("security_groups", name),
+                                            errors)
+            return groups.get(name, None) if name in self._groups else None
+        needed = needed_groups(host, group)  # a missing group: validation names its path
         if errors:
             raise DocumentError(errors, self.description)
-        return {"version": 1, "host": host, "security_groups": groups}
+        members = members_by_group(self._contributions(host))
+        return host_document(host, {n: groups[n] for n in needed}, members)
+
+    def _contributions(self, own: dict[str, Any]) -> list[dict[str, Any]]:
+        """What every host's NICs give the groups (:func:`contributions`), each host's
+        computed again only when its binding or its registration changed."""
+        out = [contributions(own, self._registered(self.host))]
+        for name in self._contrib.keys() - self._bindings.keys():
+            del self._contrib[name]
+        for name, raw in self._bindings.items():
+            if name == self.host:
+                continue
+            reg = self._endpoints.get(name)
+            known = self._contrib.get(name)
+            if known is None or known[0] is not raw or known[1] is not reg:
+                binding = _parse_value(raw, ("hosts", name), [])
+                known = self._contrib[name] = (raw, reg, contributions(binding,
+                                                                       self._registered(name)))
+            out.append(known[2])
+        return out
+
+    def _registered(self, host: str) -> Any:
+        raw = self._endpoints.get(host)
+        return None if raw is None else _parse_value(raw, ("endpoints", host), [])
 
 
 def _document_json(data: dict[str, Any], origin: str) -> bytes:
@@ -489,17 +539,13 @@ def _parse_value(raw: bytes, at: tuple[str, ...], errors: list[str]) -> Any:
     return None
 
 
-def _referenced_groups(group: Any) -> list[str]:
-    out: list[str] = []
-    rules = group.get("rules") if isinstance(group, dict) else None
-    for rule in rules if isinstance(rules, list) else []:
-        if not isinstance(rule, dict):
-            continue
-        for side in ("source", "destination"):
-            peer = rule.get(side)
-            for item in peer if isinstance(peer, list) else [peer]:
-                if isinstance(item, dict) and isinstance(item.get("group"), str):
-                    out.append(item["group"])
+def _by_name(answer: dict[str, Any], prefix: str) -> dict[str, bytes]:
+    """The values of a range answer by the key's last part (keys deeper down are not ours)."""
+    out = {}
+    for kv in answer.get("kvs") or []:
+        name = _unb64(kv["key"]).decode("utf-8", "replace")[len(prefix):]
+        if name and "/" not in name:
+            out[name] = _unb64(kv.get("value"))
     return out
 
 
