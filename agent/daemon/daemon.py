@@ -99,7 +99,8 @@ class Daemon:
                  source_factory: Callable[[Emit], Source] | None = None) -> None:
         self.cfg = cfg
         self._make_backend = (lambda: backend) if backend is not None else self._default_backend
-        self._make_source = source_factory or (lambda emit: make_source(cfg.source, emit))
+        self._make_source = source_factory or (lambda emit: make_source(cfg.source, emit,
+                                                                        cfg.netns))
         self.events: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         self.notifier = notifier or Notifier()
         self.store = StateStore(cfg.state_dir)
@@ -330,8 +331,17 @@ class Daemon:
         self.desired = ev
         if self.applied is not None and ev.digest == self.applied.digest:
             self.stats.synced()
+            self._report_applied(ev)
             return
-        self._apply(ev.doc, ev.raw, ev.digest, ev.origin, "update", since=ev.at)
+        if self._apply(ev.doc, ev.raw, ev.digest, ev.origin, "update", since=ev.at):
+            self._report_applied(ev)
+
+    def _report_applied(self, ev: Snapshot) -> None:
+        """Tell the source which of its documents is enforced (a fleet's status)."""
+        try:
+            self.source.applied(ev)
+        except Exception as exc:  # noqa: BLE001 - a report never stops enforcement
+            log.error("the source could not take note of the apply: %s", describe(exc))
 
     # -- applying -----------------------------------------------------------------------------
     def _apply(self, doc: Document, raw: bytes, digest: str, origin: str, why: str,
@@ -712,8 +722,9 @@ def run(cfg: Config) -> int:
         raise
 
 
-def make_source(cfg: SourceConfig, emit: Emit) -> Source:
-    """The source the config names (its module imported only when used)."""
+def make_source(cfg: SourceConfig, emit: Emit, netns: str | None = None) -> Source:
+    """The source the config names (its module imported only when used); ``netns`` is where
+    the kernel's addresses are read for a fleet's registration."""
     if cfg.file is not None:
         from .source_file import FileSource
         return FileSource(cfg.file, emit)
@@ -722,4 +733,4 @@ def make_source(cfg: SourceConfig, emit: Emit) -> Source:
         return HttpsSource(cfg.https, emit)
     assert cfg.etcd is not None
     from .source_etcd import EtcdSource
-    return EtcdSource(cfg.etcd, emit)
+    return EtcdSource(cfg.etcd, emit, netns)
