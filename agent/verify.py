@@ -25,7 +25,7 @@ TEST_NETS = tuple(ipaddress.ip_network(n) for n in (
 # Peers tried, in order, when a rule's network is wide or a peer outside it is wanted.
 SPARE_PEERS = {4: ("203.0.113.7", "198.51.100.77", "10.9.0.9", "203.0.113.250"),
                6: ("2001:db8:1::7", "2001:db8:2::7", "fd00:99::9", "2001:db8:3::250")}
-MAX_PROBES = 400
+MAX_PROBES = 2000
 
 
 @dataclass(frozen=True)

@@ -106,3 +106,96 @@ def test_strict_fails_on_a_rule_that_cannot_be_probed(tmp_path):
     assert not cov["hidden"]["probed"] and cov["hidden"]["reason"].startswith(
         "shadowed: sg/web before it decides everything it matches")
     assert cov["web"]["probed"] and cov["no-doc3"]["probed"]
+
+
+# --------------------------------------------------------------------------- the probe plan
+# (pure: no kernel, no root; what verify will probe and why it will not probe the rest)
+
+
+def plan(data: dict, **kw):
+    from sgagent.load import parse_data
+    from sgagent.verify import plan_probes, reserved_addresses
+    doc = parse_data(data)
+    return doc, plan_probes(doc, reserved_addresses(doc), **kw)
+
+
+def decided_by(doc, probes) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for e in probes.expectations:
+        out.setdefault(e.rule, []).append(e)
+    return out
+
+
+def reasons(probes) -> dict[str, str]:
+    return {k.rule: v for k, v in probes.unprobed.items()}
+
+
+def test_each_rule_gets_a_probe_it_decides_outside_the_refused_network():
+    doc, probes = plan(document(REFUSE_DOC3, WEB, PING))
+    by = decided_by(doc, probes)
+    assert set(by) >= {"no-doc3", "web", "ping"} and probes.unprobed == {}
+    import ipaddress
+    doc3 = ipaddress.ip_network("203.0.113.0/24")
+    assert any(ipaddress.ip_address(e.peer) not in doc3 for e in by["web"])
+    assert all(e.outcome == "open" for e in by["web"] + by["ping"])
+    assert all(e.outcome == "dropped" for e in by["no-doc3"])
+
+
+def test_reasons_for_rules_no_probe_can_reach():
+    data = document(
+        {"id": "ping", "direction": "inbound", "service": "ping", "source": "0.0.0.0/0"},
+        {"id": "icmp-rest", "direction": "inbound", "protocol": "icmp", "source": "0.0.0.0/0",
+         "priority": 2},
+        {"id": "v6-icmp", "direction": "inbound", "protocol": "icmp", "source": "2001:db8::/32"},
+        {"id": "empty", "direction": "inbound", "protocol": "tcp", "ports": 22,
+         "source": {"group": "sg-none"}},
+        {"id": "tunnel", "direction": "inbound", "protocol": "gre", "source": "192.0.2.0/24"})
+    data["security_groups"]["sg-none"] = {"rules": []}
+    _, probes = plan(data)
+    why = reasons(probes)
+    assert set(why) == {"icmp-rest", "v6-icmp", "empty", "tunnel"}
+    assert why["icmp-rest"].startswith("decides only ICMP types other than echo request")
+    assert why["v6-icmp"].startswith("can never match here")
+    assert why["empty"] == "its peer group sg-none has no IPv4 members"
+    assert why["tunnel"].startswith("decides only protocols the sandbox does not probe")
+
+
+def test_the_budget_keeps_one_probe_per_rule_first_and_names_the_rest():
+    rules = [{"id": f"r{i}", "direction": "inbound", "protocol": "tcp", "ports": 1000 + i,
+              "source": "198.51.100.0/24"} for i in range(6)]
+    doc, probes = plan(document(*rules), budget=4)
+    assert len(probes.expectations) == 4
+    assert [e.rule for e in probes.expectations] == ["r0", "r1", "r2", "r3"]
+    assert reasons(probes) == {"r4": "over the probe budget of 4", "r5": "over the probe budget of 4"}
+    _, whole = plan(document(*rules))
+    assert whole.unprobed == {} and len(whole.expectations) > 6  # neighbours after the first
+
+
+def test_generated_documents_every_rule_lint_does_not_call_shadowed_gets_a_probe():
+    """Against lint (the same partition) and the evaluator (which fills the expectations): a
+    rule either has a probe it decides, or a reason, and the reason is never made up."""
+    import random
+
+    from sgagent.lint import lint
+    rnd = random.Random(1313)
+    nets = ["10.0.0.0/8", "10.1.0.0/16", "10.1.2.3", "0.0.0.0/0", "192.0.2.0/24",
+            "203.0.113.0/24", "2001:db8::/32", "::/0"]
+    for _ in range(60):
+        rules = []
+        for i in range(rnd.randint(1, 7)):
+            r = {"id": f"r{i}", "direction": "inbound", "source": rnd.choice(nets),
+                 "policy": rnd.choice(["accept", "drop"]), "priority": rnd.randint(1, 3),
+                 "protocol": rnd.choice(["tcp", "udp", "all", "icmp"])}
+            if r["protocol"] in ("tcp", "udp"):
+                r["ports"] = rnd.choice([22, "20-30", "1-1024", 80])
+            rules.append(r)
+        data = document(*rules)
+        doc, probes = plan(data)
+        shadowed = {f.rule for f in lint(doc) if f.kind in ("shadowed", "duplicate")}
+        by = decided_by(doc, probes)
+        for r in rules:
+            if r["id"] in shadowed:
+                assert r["id"] not in by, (r["id"], data)
+            elif r["id"] not in by:
+                why = reasons(probes).get(r["id"], "")
+                assert why.startswith(("decides only", "can never match")), (r["id"], why, data)

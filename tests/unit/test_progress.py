@@ -6,13 +6,16 @@ either.  The Progress object itself: stages, bar, and silence when disabled."""
 from __future__ import annotations
 
 import io
+import os
 import re
+import secrets
 import subprocess
 import sys
 import time
 
 import pytest
 
+from sgagent import netns
 from sgagent.progress import Progress, for_command
 
 from ._terminal import ROOT, run
@@ -29,8 +32,8 @@ def big(tmp_path_factory):
     return path
 
 
-def drawn_stages(stderr: str) -> list[str]:
-    return re.findall(r"[|/\\-] (\w+) \[(\d)/4\]", stderr)
+def drawn_stages(stderr: str, of: int = 4) -> list[tuple[str, str]]:
+    return re.findall(r"[|/\\-] (\w+) \[(\d)/%d\]" % of, stderr)
 
 
 def test_compile_shows_its_stages_on_a_terminal(big):
@@ -47,6 +50,42 @@ def test_compile_shows_its_stages_on_a_terminal(big):
 def test_compile_in_a_pipe_shows_nothing(big):
     r = run("compile", big)
     assert r.returncode == 0 and r.stderr == "" and r.stdout.startswith("table inet sgagent")
+
+
+@pytest.fixture
+def ns():
+    if os.geteuid() != 0:
+        pytest.skip("needs root: apply runs in a namespace this test creates")
+    name = f"sgp{secrets.token_hex(3)}"
+    netns.create(name)
+    try:
+        yield name
+    finally:
+        netns.delete(name)
+
+
+def test_apply_shows_its_stages_on_a_terminal_and_not_with_json(big, ns):
+    tty = run("apply", "--netns", ns, big, tty_stderr=True)
+    assert tty.returncode == 0, tty.stderr
+    stages = drawn_stages(tty.stderr)
+    assert stages and all(["parse", "validate", "compile", "apply"][int(n) - 1] == name
+                          for name, n in stages), repr(tty.stderr[:300])
+    assert tty.stdout.startswith("applied ")
+    quiet = run("apply", "--json", "--netns", ns, big, tty_stderr=True)
+    assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_verify_shows_its_stages_on_a_terminal():
+    if os.geteuid() != 0:
+        pytest.skip("verify needs root")
+    example = ROOT / "examples" / "alibaba" / "s2-ssh-from-ip-vpc.yaml"
+    tty = run("verify", example, tty_stderr=True)
+    assert tty.returncode == 0, tty.stdout
+    names = ["parse", "validate", "plan", "sandbox", "apply", "probe"]
+    stages = drawn_stages(tty.stderr, 6)
+    assert stages and all(names[int(n) - 1] == name for name, n in stages), repr(tty.stderr)
+    assert "rules probed" in tty.stdout  # the report, on stdout, untouched
+    assert run("verify", "--json", example, tty_stderr=True).stderr == ""
 
 
 def test_a_quick_command_shows_nothing_on_a_terminal():
