@@ -16,11 +16,13 @@ ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = float(os.environ.get("SGAGENT_PROBE_TIMEOUT", "1.0"))
 
 
-def enforce(path: str | Path, expects: list[Expect]) -> None:
-    """Apply the document at ``path`` in a fresh sandbox and probe ``expects``; fail with a
-    truth table on any mismatch of outcome, oracle or counters."""
+def enforce(path: str | Path, expects: list[Expect], backend_name: str = "nftables") -> None:
+    """Apply the document at ``path`` in a fresh sandbox with the backend called
+    ``backend_name`` and probe ``expects``; fail with a truth table on any mismatch of
+    outcome, oracle or counters."""
     doc = load_file(ROOT / path)
-    report = check(doc, list(expects), timeout=TIMEOUT)
+    report = check(doc, list(expects), timeout=TIMEOUT, backend_name=backend_name)
     if not report.ok:
-        pytest.fail(f"{path}: kernel, oracle or counters differ from the expectations\n"
+        pytest.fail(f"{path} ({backend_name}): kernel, oracle or counters differ from the "
+                    "expectations\n"
                     + report.table(), pytrace=False)
