@@ -150,7 +150,8 @@ def validate(file: Path = typer.Argument(..., metavar="FILE", help="host documen
         typer.echo(json.dumps({"file": str(file), "valid": True, "nics": len(doc.host.nics),
                                "groups": groups, "rules": rules, "errors": []}, indent=2))
         return
-    typer.echo(f"{file}: valid ({len(doc.host.nics)} NICs, {groups} groups, {rules} rules)")
+    from .console import line
+    line(f"{file}: valid ({len(doc.host.nics)} NICs, {groups} groups, {rules} rules)", "green")
 
 
 def _error_item(error: str) -> dict[str, str]:
@@ -241,9 +242,13 @@ def diff(file: Path = typer.Argument(..., metavar="FILE", help="host document"),
     """Show what apply would change in the live ruleset; exit 0 if nothing, 2 if changes are
     pending."""
     from .compiler import compile_document
-    rs = compile_document(_load(file))
-    with _backend(backend, netns, rendering) as be:
-        out = be.diff(rs)
+    with _progress(["parse", "validate", "compile", "diff"], as_json) as progress:
+        doc = _load(file, progress)
+        progress.stage("compile")
+        rs = compile_document(doc)
+        progress.stage("diff")
+        with _backend(backend, netns, rendering) as be:
+            out = be.diff(rs)
     if as_json:
         typer.echo(json.dumps({"file": str(file), "changes": bool(out), "diff": out}, indent=2))
     else:
@@ -410,8 +415,10 @@ def lint(file: Path = typer.Argument(..., metavar="FILE", help="host document"),
     vendor limits, ordering pitfalls (docs/LINT.md); exit 0 with no finding, 2 with
     findings."""
     from .lint import KINDS, lint as find, summary
-    doc = _load(file)
-    findings = find(doc)
+    with _progress(["parse", "validate", "lint"], as_json) as progress:
+        doc = _load(file, progress)
+        progress.stage("lint")
+        findings = find(doc)
     if as_json:
         typer.echo(json.dumps({"file": str(file), "findings": [f.as_dict() for f in findings],
                                "counts": {k: sum(f.kind == k for f in findings) for k in KINDS}},
@@ -474,3 +481,7 @@ def restore(config: Optional[Path] = typer.Option(None, "--config", "-c", metava
     result = do_restore(state_dir or cfg.state_dir, netns if netns is not None else cfg.netns,
                         force=force, backend_name=cfg.backend)
     typer.echo(result.message)
+
+
+from .fleet.cli import app as fleet_app  # noqa: E402 - typer alone: its commands import lazily
+app.add_typer(fleet_app, name="fleet")

@@ -94,3 +94,10 @@ def test_status_table_is_plain_in_a_pipe():
           stream=out)
     assert out.getvalue().splitlines() == ["NIC   RULE     PACKETS", "eth0  sg/ssh   12",
                                            "eth1  default  0"]
+
+
+def test_validate_says_valid_in_colour_on_a_terminal_only(tmp_path):
+    f = doc(tmp_path)
+    tty = run("validate", f, tty_stdout=True)
+    assert tty.returncode == 0 and COLOUR.search(tty.stdout) and "valid" in tty.stdout
+    assert run("validate", f).stdout == f"{f}: valid (1 NICs, 1 groups, 3 rules)\n"

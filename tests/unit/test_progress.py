@@ -73,6 +73,10 @@ def test_apply_shows_its_stages_on_a_terminal_and_not_with_json(big, ns):
     assert tty.stdout.startswith("applied ")
     quiet = run("apply", "--json", "--netns", ns, big, tty_stderr=True)
     assert quiet.returncode == 0 and quiet.stderr == ""
+    diff = run("diff", "--netns", ns, big, tty_stderr=True)
+    assert diff.returncode == 0 and diff.stdout == "no change\n"
+    assert all(["parse", "validate", "compile", "diff"][int(n) - 1] == name
+               for name, n in drawn_stages(diff.stderr)), repr(diff.stderr[:300])
 
 
 def test_verify_shows_its_stages_on_a_terminal():
