@@ -48,7 +48,8 @@ from urllib.parse import urlsplit
 
 from etcd3gw.client import Etcd3Client
 
-from ..fleet.assemble import contributions, host_document, members_by_group, needed_groups
+from ..fleet.assemble import (contributions, document_json, host_document, members_by_group,
+                              needed_groups)
 from ..load import DocumentCache, DocumentError, format_loc, parse_data, parse_text
 from .config import EtcdSource as EtcdConfig
 from .sources import (BEAT_EVERY, Backoff, Emit, Invalid, Snapshot, Source, Unavailable,
@@ -518,7 +519,7 @@ def _document_json(data: dict[str, Any], origin: str) -> bytes:
     mapping key that is not text (``1: x``) cannot be sorted, and is no host document either:
     validation says where it is."""
     try:
-        return json.dumps(data, indent=1, sort_keys=True).encode()
+        return document_json(data)
     except (TypeError, ValueError):
         parse_data(data, origin)  # raises DocumentError naming the key
         raise DocumentError(["(document): a mapping key is not text"], origin) from None

@@ -11,6 +11,7 @@ address that is not one, in a binding of another host or in a registration, give
 from __future__ import annotations
 
 import ipaddress
+import json
 from typing import Any, Callable, Iterable, Mapping
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -138,3 +139,9 @@ def host_document(binding: Any, groups: Mapping[str, Any],
     return {"version": 1, "host": binding,
             "security_groups": {n: with_members(groups[n], members.get(n, frozenset()))
                                 for n in names}}
+
+
+def document_json(data: dict[str, Any]) -> bytes:
+    """The assembled document as the agent digests and saves it (``sgagent fleet status``
+    compares the digest an agent reports with this one's)."""
+    return json.dumps(data, indent=1, sort_keys=True).encode()
