@@ -485,7 +485,3 @@ def restore(config: Optional[Path] = typer.Option(None, "--config", "-c", metava
 
 from .fleet.cli import app as fleet_app  # noqa: E402 - typer alone: its commands import lazily
 app.add_typer(fleet_app, name="fleet")
-
-
-from .fleet.cli import app as fleet_app  # noqa: E402 - typer alone: its commands import lazily
-app.add_typer(fleet_app, name="fleet")
