@@ -89,6 +89,31 @@ def test_the_etcd_source_gives_groups_the_fleets_members():
     assert [str(m) for m in doc.security_groups["sg-app"].members] == ["10.0.0.1"]
 
 
+def test_a_registration_elsewhere_is_a_members_only_change_here():
+    """Another host's address coming or going changes only members: the document cache keeps
+    the rules, the chains compile equal, and the backend takes the element fast path."""
+    from sgagent.compiler import compile_document
+    from sgagent.daemon.sources import Snapshot
+    from sgagent.nft.render import render
+    from sgagent.nft.setrender import member_update
+    got: list[Any] = []
+    src = EtcdSource(EtcdConfig(host="h1"), got.append)
+    src._host_value = json.dumps(binding("h1", ["sg-app"], ["10.0.0.1"])).encode()
+    src._groups = {"sg-app": json.dumps(peer_group()).encode()}
+    src._bindings = {"h2": json.dumps(binding("h2", ["sg-app"])).encode()}
+    src._publish(True)
+    src._endpoints = {"h2": json.dumps({"nics": {"eth0": ["10.0.0.2"]}}).encode()}
+    src._publish(False)
+    one, two = (ev.doc for ev in got if isinstance(ev, Snapshot))
+    assert two.host is one.host
+    assert two.security_groups["sg-app"].rules is one.security_groups["sg-app"].rules
+    assert [str(m) for m in two.security_groups["sg-app"].members] == ["10.0.0.1", "10.0.0.2"]
+    rs1 = compile_document(one)
+    rs2 = compile_document(two, (one, rs1))
+    assert rs2.chains == rs1.chains
+    assert member_update(render(rs1), rs1, rs2) is not None
+
+
 # -- the fleet document and its checks -------------------------------------------------------
 def test_a_directory_of_files_and_a_name_twice(tmp_path: Path):
     d = tmp_path / "fleet"
