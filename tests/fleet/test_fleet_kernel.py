@@ -79,11 +79,14 @@ class Net:
             except OSError:
                 continue
 
-    def connects(self, src: str, dst: str, timeout: float = 0.3) -> bool:
-        """Whether a TCP connection from host ``src`` to ``dst``:8080 is set up."""
+    def connects(self, src: str, dst: str, timeout: float = 0.3, via: str | None = None) -> bool:
+        """Whether a TCP connection from host ``src`` (from its address ``via``) to
+        ``dst``:8080 is set up."""
         def attempt() -> bool:
             with socket.socket() as c:
                 c.settimeout(timeout)
+                if via is not None:
+                    c.bind((via, 0))
                 try:
                     c.connect((addr(dst), PORT))
                     return True
@@ -187,6 +190,15 @@ def test_fleet_of_four_agents_with_real_packets(etcd, net: Net, tmp_path: Path):
     assert all(net.connects(a, "h3") for a in ("h1", "h2", "h4"))
     assert all(net.connects(a, b) for a in ("h1", "h2", "h4") for b in ("h1", "h2", "h4")
                if a != b)
+
+    # h1 gets a second address: its agent registers it (followed through rtnetlink), and
+    # the others let it in
+    extra = "10.77.0.11"
+    subprocess.run(["ip", "-n", net.ns["h1"], "addr", "add", f"{extra}/24", "dev", "eth0"],
+                   check=True, timeout=10)
+    wait_until(lambda: net.connects("h1", "h2", 0.1, via=extra)
+               and net.connects("h1", "h4", 0.1, via=extra), 10, interval=0.05,
+               what="h1's new address in sg-app")
 
     # a push that one host would refuse writes nothing; nothing changes in any kernel
     bad = fleet("sg-other")
