@@ -4,11 +4,17 @@ command in a pipe does not even import rich; ``sgagent`` with no command is a us
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
 import subprocess
 import sys
 
+import pytest
+
 import yaml
+
+from sgagent import netns
 
 from ._docs import raw, rule
 from ._terminal import ROOT, run
@@ -101,3 +107,21 @@ def test_validate_says_valid_in_colour_on_a_terminal_only(tmp_path):
     tty = run("validate", f, tty_stdout=True)
     assert tty.returncode == 0 and COLOUR.search(tty.stdout) and "valid" in tty.stdout
     assert run("validate", f).stdout == f"{f}: valid (1 NICs, 1 groups, 3 rules)\n"
+
+
+def test_status_is_a_drawn_table_on_a_terminal_and_columns_in_a_pipe(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root: status reads a table this test applies in its own namespace")
+    ns = f"sgt{secrets.token_hex(3)}"
+    netns.create(ns)
+    try:
+        assert run("apply", "--netns", ns, doc(tmp_path)).returncode == 0
+        tty = run("status", "--netns", ns, tty_stdout=True)
+        assert tty.returncode == 0 and "─" in tty.stdout and "deny-all" in tty.stdout
+        assert COLOUR.search(tty.stdout)  # the policy words
+        pipe = run("status", "--netns", ns)
+        assert pipe.returncode == 0 and ESC not in pipe.stdout and "─" not in pipe.stdout
+        assert pipe.stdout.splitlines()[0].split() == ["NIC", "DIRECTION", "GROUP", "RULE",
+                                                       "POLICY", "PACKETS", "BYTES"]
+    finally:
+        netns.delete(ns)
