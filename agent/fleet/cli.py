@@ -135,11 +135,14 @@ def push(fleet: Path = FleetArg, endpoints: Optional[List[str]] = EndpointsOpt,
 
 
 @app.command()
-def status(endpoints: Optional[List[str]] = EndpointsOpt, prefix: Optional[str] = PrefixOpt,
+def status(fleet: Optional[Path] = typer.Argument(
+               None, metavar="[FLEET]", help="also list the fleet's hosts not pushed yet"),
+           endpoints: Optional[List[str]] = EndpointsOpt, prefix: Optional[str] = PrefixOpt,
            config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """Every host with the revision it applied; exit 2 if any is behind or unknown."""
     from .publish import status as read_status
-    s = _run(lambda: read_status(_store(endpoints, prefix, config)))
+    hosts = list(_load(fleet).hosts) if fleet is not None else []
+    s = _run(lambda: read_status(_store(endpoints, prefix, config), hosts))
     if as_json:
         typer.echo(json.dumps(s, indent=2))
     else:

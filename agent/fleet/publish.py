@@ -90,16 +90,19 @@ def push(fleet: Fleet, store: FleetStore) -> tuple[Plan, int | None]:
     return p, rev
 
 
-def status(store: FleetStore) -> dict[str, Any]:
-    """Every host with the revision it applied and whether that is what it should enforce."""
+def status(store: FleetStore, fleet_hosts: list[str] = ()) -> dict[str, Any]:  # type: ignore[assignment]
+    """Every host with the revision it applied and whether that is what it should enforce
+    (``fleet_hosts``: hosts of a fleet document, listed as ``not pushed`` if etcd has none)."""
     state = store.read()
     docs, expected = _current_docs(state)
     reports, _ = state.data("status")
     hosts = []
-    for h in sorted(docs):
+    for h in sorted(docs.keys() | set(fleet_hosts)):
         rep = reports.get(h) if isinstance(reports.get(h), dict) else None
         entry: dict[str, Any] = {"host": h, "applied_revision": None, "applied_at": None}
-        if docs[h] is None:
+        if h not in docs:
+            entry["state"] = "not pushed"   # in the fleet document, not in etcd
+        elif docs[h] is None:
             entry["state"] = "refused"      # its document is invalid: the agent keeps its rules
         elif rep is None:
             entry["state"] = "unknown"      # no agent registered (or its lease ran out)

@@ -230,6 +230,15 @@ def test_etcd_unreachable_is_one_line(tmp_path: Path):
     assert p.stderr.startswith("error: etcd at http://127.0.0.1:9")
     p = sgagent("fleet", "status", "-e", "nonsense")
     assert p.returncode == 1 and "Traceback" not in p.stderr and "nonsense" in p.stderr
+    # endpoints from a daemon config; a config without an etcd source is said so
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(yaml.safe_dump({"source": {"etcd": {"endpoints": ["http://127.0.0.1:9"],
+                                                       "register": True}}}))
+    p = sgagent("fleet", "status", "--config", str(cfg))
+    assert p.returncode == 1 and p.stderr.startswith("error: etcd at http://127.0.0.1:9")
+    cfg.write_text(yaml.safe_dump({"source": {"file": {"path": "/x.yaml"}}}))
+    p = sgagent("fleet", "status", "--config", str(cfg))
+    assert p.returncode == 1 and "source.etcd: the config has no etcd source" in p.stderr
 
 
 class FakeWatch:
@@ -294,6 +303,12 @@ def test_registration_and_status(etcd, tmp_path: Path):
     assert s["hosts"][0]["applied_revision"] == st.revision
     p = sgagent("fleet", "status", "--json", "-e", etcd.url)
     assert p.returncode == 2 and json.loads(p.stdout)["behind"] == ["h2"]
+    # with the fleet document: its hosts that etcd does not have yet are listed too
+    more = fleet_doc(h1=binding("h1", ["sg-app"]), h2=binding("h2", ["sg-app"]),
+                     h9=binding("h9", ["sg-app"]))
+    p = sgagent("fleet", "status", "--json", "-e", etcd.url, str(write(tmp_path, more, "m.yaml")))
+    assert [(e["host"], e["state"]) for e in json.loads(p.stdout)["hosts"]] == [
+        ("h1", "current"), ("h2", "unknown"), ("h9", "not pushed")]
     # a group changes: h1 is behind until it reports again
     etcd.put(f"{P}/groups/sg-app", peer_group(9090))
     assert [e["state"] for e in status(store)["hosts"]] == ["behind", "unknown"]
