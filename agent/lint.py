@@ -69,7 +69,7 @@ def lint(doc: Document) -> list[Finding]:
     priority = {key: doc.security_groups[key[0]].rules[i].priority for key, i in index.items()}
     per_rule: dict[tuple[str, str], _RuleNotes] = {}
     for chain in rs.chains:
-        _chain_notes(doc, chain, plan_chain(enforced(chain), groups), per_rule, priority)
+        _chain_notes(doc, Painting(chain, groups), per_rule, priority)
     findings = []
     for (g, rid), notes in sorted(per_rule.items(), key=lambda kv: (kv[0][0], index[kv[0]])):
         findings += notes.findings(doc, g, rid, index[(g, rid)])
@@ -166,14 +166,53 @@ def _audit(d: Decision) -> bool:
     return d.audit
 
 
-def _chain_notes(doc: Document, chain: Chain, plans: dict[int, Plan],
+class Painting:
+    """A chain's enforced decisions painted first-match per family (the plans the set
+    rendering is built from), and what lint and verify ask of it: which decisions decide some
+    packet, and which decide the packets a given decision matches."""
+
+    def __init__(self, chain: Chain, groups: dict) -> None:
+        self.chain = chain
+        self.plans: dict[int, Plan] = plan_chain(enforced(chain), groups)
+        self._starts = {f: [s[0] for s in p.segments] for f, p in self.plans.items()}
+        self._points = {f: p.points() for f, p in self.plans.items()}
+        self.won: set[int] = set()
+        for plan in self.plans.values():
+            self.won |= winners(plan)
+
+    def deciders(self, i: int) -> set[int]:
+        """The other decisions that decide some packet decision ``i`` matches."""
+        out: set[int] = set()
+        for m in self.chain.decisions[i].matches:
+            plan = self.plans.get(m.family)
+            if plan is None:
+                continue
+            rects = rects_of(m)
+            if m.group is not None:
+                for a in plan.members.get(m.group, ()):
+                    out |= _owners_over(plan.row_at(a), rects)
+                continue
+            starts, points = self._starts[m.family], self._points[m.family]
+            for net in m.nets:
+                lo, hi = int(net.network_address), int(net.broadcast_address)
+                k = max(bisect.bisect_right(starts, lo) - 1, 0)
+                while k < len(plan.segments) and plan.segments[k][0] <= hi:
+                    s_lo, s_hi, row = plan.segments[k]
+                    if s_hi >= lo:
+                        out |= _owners_over(row, rects)
+                    k += 1
+                for a in points[bisect.bisect_left(points, lo):bisect.bisect_right(points, hi)]:
+                    out |= _owners_over(plan.row_at(a), rects)
+        return out - {i}
+
+
+def _chain_notes(doc: Document, painting: Painting,
                  per_rule: dict[tuple[str, str], _RuleNotes],
                  priority: dict[tuple[str, str], int]) -> None:
-    won: set[int] = set()
-    for plan in plans.values():
-        won |= winners(plan)
+    chain = painting.chain
     first_of: dict[tuple, int] = {}
     sequential = doc.host.ordering == "sequential"
+    refusing_max = 0  # the worst priority of a refusing rule so far (sequential documents)
     for i, d in enumerate(chain.decisions):
         key = d.counter
         if key.group is None or _audit(d):
@@ -187,39 +226,31 @@ def _chain_notes(doc: Document, chain: Chain, plans: dict[int, Plan],
         if not d.matches:
             notes.never.add(chain.nic)
             continue
-        wins = i in won
         over: set[int] | None = None
-        if not wins:
-            over = deciders(chain, plans, i)
+        if i not in painting.won:
+            over = painting.deciders(i)
             if not over:
                 continue  # its peers are groups without members (now): it matches nothing
             notes.shadowed[chain.nic] = {chain.decisions[j].counter for j in over}
         if sequential and d.action == "accept":
-            refusing = _refusing_before(chain, plans, i, d, over, wins, priority)
+            mine = priority[key.group, key.rule]
+            refusing: set[int] = set()
+            if over is not None:  # hidden wholly: by the refusing rules among its deciders
+                refusing = {j for j in over if chain.decisions[j].action != "accept"}
+            elif refusing_max > mine:  # in part, by refusing rules its priority would beat
+                refusing = {j for j in painting.deciders(i)
+                            if chain.decisions[j].action != "accept"
+                            and chain.decisions[j].counter.group is not None
+                            and priority[chain.decisions[j].counter.group,
+                                         chain.decisions[j].counter.rule] > mine}
             if refusing:
                 notes.hidden[chain.nic] = {chain.decisions[j].counter for j in refusing}
+        if sequential and d.action != "accept":
+            refusing_max = max(refusing_max, priority[key.group, key.rule])
         if chain.direction == "inbound" and d.action == "accept":
-            exposed = _exposed(plans, i, d)
+            exposed = _exposed(painting.plans, i, d)
             if exposed:
                 notes.exposed[chain.nic] = exposed
-
-
-def _refusing_before(chain: Chain, plans: dict[int, Plan], i: int, d: Decision,
-                     over: set[int] | None, wins: bool,
-                     priority: dict[tuple[str, str], int]) -> set[int]:
-    """The refusing rules before ``d`` that hide it: all of them when ``d`` decides nothing;
-    when it decides some packets, those whose priority is worse than ``d``'s own (so the
-    document was written as if priority decided)."""
-    mine = priority[d.counter.group, d.counter.rule]
-    if wins:
-        worse = [j for j in range(i) if chain.decisions[j].action != "accept"
-                 and chain.decisions[j].counter.group is not None
-                 and priority[chain.decisions[j].counter.group, chain.decisions[j].counter.rule]
-                 > mine]
-        if not worse:
-            return set()
-        return {j for j in deciders(chain, plans, i) if j in worse}
-    return {j for j in over or () if chain.decisions[j].action != "accept"}
 
 
 def winners(plan: Plan) -> set[int]:
@@ -233,34 +264,6 @@ def winners(plan: Plan) -> set[int]:
             if not (plo == phi and plo in (TCP, UDP) and vlo == vhi == 0):
                 out.add(o)
     return out
-
-
-def deciders(chain: Chain, plans: dict[int, Plan], i: int) -> set[int]:
-    """The decisions that decide some packet that decision ``i`` matches (``i`` included if
-    it decides some itself)."""
-    out: set[int] = set()
-    for m in chain.decisions[i].matches:
-        plan = plans.get(m.family)
-        if plan is None:
-            continue
-        rects = rects_of(m)
-        if m.group is not None:
-            for a in plan.members.get(m.group, ()):
-                out |= _owners_over(plan.row_at(a), rects)
-            continue
-        starts = [s[0] for s in plan.segments]
-        points = plan.points()
-        for net in m.nets:
-            lo, hi = int(net.network_address), int(net.broadcast_address)
-            k = max(bisect.bisect_right(starts, lo) - 1, 0)
-            while k < len(plan.segments) and plan.segments[k][0] <= hi:
-                s_lo, s_hi, row = plan.segments[k]
-                if s_hi >= lo:
-                    out |= _owners_over(row, rects)
-                k += 1
-            for a in points[bisect.bisect_left(points, lo):bisect.bisect_right(points, hi)]:
-                out |= _owners_over(plan.row_at(a), rects)
-    return out - {i}
 
 
 def _owners_over(row: Painted, rects: tuple[Rect, ...]) -> set[int]:

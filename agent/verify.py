@@ -407,8 +407,7 @@ def plan_probes(doc: Document, reserved: Iterable[str] = (),
     neighbours (just inside and just outside each network, members and the address after
     them), its ports and the ones next to them, and the defaults.  Each expectation is the
     evaluator's verdict.  At most ``budget`` probes, the deciding ones first."""
-    from .lint import deciders, enforced, name_of, winners
-    from .peerclass import plan_chain
+    from .lint import Painting, name_of
 
     taken = {ipaddress.ip_address(a) for a in reserved}
     rs = compile_document(doc)
@@ -419,8 +418,8 @@ def plan_probes(doc: Document, reserved: Iterable[str] = (),
     unprobed: dict[CounterKey, str] = {}
     chains = []
     for chain in rs.chains:
-        plans = plan_chain(enforced(chain), groups)
-        deciding = set().union(*(winners(p) for p in plans.values()))
+        painting = Painting(chain, groups)
+        plans = painting.plans
         keys = []
         for i, decision in enumerate(chain.decisions):
             if decision.audit:
@@ -432,9 +431,9 @@ def plan_probes(doc: Document, reserved: Iterable[str] = (),
                 first[where + probe] = None
             else:
                 reason = probe
-                if i not in deciding and any(
+                if i not in painting.won and any(
                         m.family in families for m in decision.matches):
-                    others = deciders(chain, plans, i)
+                    others = painting.deciders(i)
                     if others:
                         reason = "shadowed: " + ", ".join(
                             sorted({name_of(chain.decisions[j].counter) for j in others})) + \
