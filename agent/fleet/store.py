@@ -93,6 +93,13 @@ class FleetStore:
             return c.post(c.get_url(path), json=body)
         except Exception as exc:  # noqa: BLE001 - every failure of etcd: one line, exit 1
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            detail = getattr(exc, "detail_text", None)  # etcd's own words (etcd3gw)
+            if detail:
+                try:
+                    detail = json.loads(detail).get("error") or detail
+                except (ValueError, AttributeError):
+                    pass
+                text = f"{text}: {str(detail).strip()}"
             if "Connection refused" in text or isinstance(exc, (ConnectionError, socket.error)):
                 text = "connection refused"
             raise FleetError(f"etcd at {', '.join(self.cfg.endpoints)}: {text[:300]}") from None

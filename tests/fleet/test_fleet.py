@@ -319,3 +319,14 @@ def test_registration_and_status(etcd, tmp_path: Path):
     wait_until(lambda: not any(k.startswith((f"{P}/endpoints/", f"{P}/status/"))
                                for k in keys(etcd)), 10, what="lease expiry")
     assert time.monotonic() - t0 >= 1.0
+
+
+def test_a_push_over_etcds_transaction_limit_writes_nothing(etcd, tmp_path: Path):
+    """etcd takes at most --max-txn-ops (128 by default) operations in one transaction: a push
+    of more is refused whole, in etcd's words."""
+    doc = fleet_doc(**{f"h{i}": binding(f"h{i}", ["sg-app"]) for i in range(130)})
+    rev = etcd.revision()
+    p = sgagent("fleet", "push", "-e", etcd.url, str(write(tmp_path, doc)))
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert "too many operations in txn request" in p.stderr
+    assert etcd.revision() == rev
