@@ -46,7 +46,7 @@ class Registration:
         self.lease: int | None = None
         self.grants = 0
         self._client: Any = None
-        self._nics: list[str] = []
+        self._nics: list[str] | None = None   # not known before the first valid binding
         self._status: dict[str, Any] | None = None
         self._written: dict[str, bytes | None] = {}
         self._lock = threading.Lock()
@@ -97,13 +97,17 @@ class Registration:
             try:
                 with self._lock:
                     reread, self._reread = self._reread, False
-                    nics, status = list(self._nics), self._status
-                if reread:
+                    nics, status = self._nics, self._status
+                if nics is None and status is None:  # nothing to register yet
+                    self._wait(None)
+                    continue
+                if reread and nics is not None:
                     addresses = self.watch.read(nics)
                 if self.lease is None:
                     self._grant()
                     next_keepalive = time.monotonic() + self.ttl / 3
-                self._put(self.endpoint_key, {"nics": addresses})
+                if nics is not None:
+                    self._put(self.endpoint_key, {"nics": addresses})
                 if status is not None:
                     self._put(self.status_key, status)
                 if time.monotonic() >= next_keepalive:
@@ -115,15 +119,20 @@ class Registration:
                 log.warning("fleet registration %s: %s; retrying in %.1fs", self.endpoint_key,
                             _reason(exc), delay)
                 self._client = None
+                self._reread = True  # the addresses may not have been read
                 if "lease not found" in str(exc):
                     self.lease = None  # it ran out: granted anew at the next step
                 timeout, delay = delay, min(delay * 2, max(1.0, self.ttl / 3))
-            ready, _, _ = select.select([self._rfd, self.watch], [], [], timeout)
-            if self._rfd in ready:
-                os.read(self._rfd, 4096)
-            if self.watch in ready and self.watch.drain():
-                with self._lock:
-                    self._reread = True
+            self._wait(timeout)
+
+    def _wait(self, timeout: float | None) -> None:
+        """Until a wake-up, an address notification or ``timeout`` seconds."""
+        ready, _, _ = select.select([self._rfd, self.watch], [], [], timeout)
+        if self._rfd in ready:
+            os.read(self._rfd, 4096)
+        if self.watch in ready and self.watch.drain():
+            with self._lock:
+                self._reread = True
 
     def _etcd(self) -> Any:
         if self._client is None:
