@@ -64,7 +64,7 @@ def _add(fleet: Fleet, f: Path, errors: list[str], named: bool) -> None:
         errors.append(f"(fleet){where}: not UTF-8 text (byte {exc.start})")
         return
     except DocumentError as exc:
-        errors.extend(e + where for e in exc.errors)
+        errors.extend(e.replace("(document)", "(fleet)", 1) + where for e in exc.errors)
         return
     if data is None:
         return

@@ -330,3 +330,27 @@ def test_a_push_over_etcds_transaction_limit_writes_nothing(etcd, tmp_path: Path
     assert p.returncode == 1 and "Traceback" not in p.stderr
     assert "too many operations in txn request" in p.stderr
     assert etcd.revision() == rev
+
+
+def test_hostile_fleet_files_are_refused_under_limits(tmp_path: Path):
+    """An alias bomb and deep nesting in a fleet file: refused with their place, exit 1, within
+    a memory and CPU limit (nothing is expanded before it is refused)."""
+    import resource
+
+    def limits() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+        resource.setrlimit(resource.RLIMIT_CPU, (30, 30))
+    bomb = "hosts:\n  a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"  {c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+        for p, c in zip("abcdefgh", "bcdefghi"))
+    deep = "security_groups: " + "[" * 5000 + "]" * 5000 + "\n"
+    for name, text, says in (("bomb.yaml", bomb, "anchors and aliases are not accepted"),
+                             ("deep.yaml", deep, "(fleet): not valid YAML: exceeded maximum "
+                                                 "nesting depth")):
+        f = tmp_path / name
+        f.write_text(text)
+        p = subprocess.run([sys.executable, "-m", "sgagent", "fleet", "validate", str(f)],
+                           capture_output=True, text=True, timeout=60, cwd=ROOT,
+                           preexec_fn=limits)
+        assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
+        assert says in p.stderr, p.stderr
