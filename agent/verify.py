@@ -269,10 +269,11 @@ class Report:
 
 def check(doc: Document, expectations: list[Expectation], *, timeout: float = 1.0,
           prefix: str | None = None, sandbox=None, backend=None,
-          rendering: str = "sets", backend_name: str = "nftables", progress=None) -> Report:
+          rendering: str = "sets", backend_name: str = "nftables", progress=None,
+          verdicts: list[Verdict] | None = None) -> Report:
     """Apply ``doc`` in a sandbox (a fresh one, or ``sandbox`` whose NICs match the
     document's, through ``backend`` if given so that it applies a difference), probe, and
-    compare with ``expectations``."""
+    compare with ``expectations`` (and the evaluator's ``verdicts`` of them, if known)."""
     from .backends import make_backend
     from .sandbox import Sandbox
 
@@ -286,11 +287,11 @@ def check(doc: Document, expectations: list[Expectation], *, timeout: float = 1.
         progress.stage("sandbox")
     with Sandbox(nics, prefix=prefix or f"sgv{secrets.token_hex(3)}") as sb:
         with make_backend(backend_name, sb.host_ns, rendering) as be:
-            return _check_in(sb, be, doc, expectations, timeout, progress)
+            return _check_in(sb, be, doc, expectations, timeout, progress, verdicts)
 
 
 def _check_in(sb, backend, doc: Document, expectations: list[Expectation],
-              timeout: float, progress=None) -> Report:
+              timeout: float, progress=None, verdicts: list[Verdict] | None = None) -> Report:
     rs = compile_document(doc)
     _start_servers(sb, expectations)
     if progress is not None:
@@ -302,7 +303,7 @@ def _check_in(sb, backend, doc: Document, expectations: list[Expectation],
         progress.stage("probe", total=len(expectations))
     observed = _probe(sb, expectations, timeout, progress)
     after = _counts(backend)
-    return compare(doc, expectations, observed, before, after)
+    return compare(doc, expectations, observed, before, after, verdicts)
 
 
 def forget_connections(ns: str) -> None:
@@ -314,10 +315,12 @@ def forget_connections(ns: str) -> None:
 
 
 def compare(doc: Document, expectations: list[Expectation], observed: list[str],
-            before: dict[CounterKey, int], after: dict[CounterKey, int]) -> Report:
+            before: dict[CounterKey, int], after: dict[CounterKey, int],
+            verdicts: list[Verdict] | None = None) -> Report:
     rows = []
-    for e, seen in zip(expectations, observed):
-        v = evaluate(doc, e.packet())
+    if verdicts is None:
+        verdicts = [evaluate(doc, e.packet()) for e in expectations]
+    for e, seen, v in zip(expectations, observed, verdicts):
         rows.append(Row(e, seen, v, counter_of(e, v)))
     decided = Counter(r.counter for r in rows if r.counter is not None)
     # Audit rules count the packets that reach them (SEMANTICS section 9), deciding none.
@@ -393,6 +396,7 @@ class ProbePlan:
     expectations: list[Expectation]
     chains: list[tuple[str, str, tuple[CounterKey, ...]]]   # (nic, direction, rule counters)
     unprobed: dict[CounterKey, str]
+    verdicts: list[Verdict]                                 # the evaluator's, of each probe
 
 
 def derive(doc: Document, reserved: Iterable[str] = ()) -> list[Expectation]:
@@ -413,22 +417,21 @@ def plan_probes(doc: Document, reserved: Iterable[str] = (),
     rs = compile_document(doc)
     groups = {g.name: g for g in rs.groups}
     families = (4,) if doc.host.network == "classic" else (4, 6)
-    first: dict[tuple, None] = {}
+    first: dict[tuple, CounterKey] = {}  # a probe each decision decides -> the decision
     seen: dict[tuple, None] = {}
     unprobed: dict[CounterKey, str] = {}
     chains = []
     for chain in rs.chains:
         painting = Painting(chain, groups)
-        plans = painting.plans
         keys = []
         for i, decision in enumerate(chain.decisions):
             if decision.audit:
                 continue
             keys.append(decision.counter)
             where = (chain.nic, chain.direction)
-            probe = _deciding_probe(doc, plans, i, decision, taken, families)
+            probe = _deciding_probe(doc, painting, i, decision, taken, families)
             if isinstance(probe, tuple):
-                first[where + probe] = None
+                first.setdefault(where + probe, decision.counter)
             else:
                 reason = probe
                 if i not in painting.won and any(
@@ -460,23 +463,22 @@ def plan_probes(doc: Document, reserved: Iterable[str] = (),
                 if member not in taken:
                     seen[(chain.nic, chain.direction, str(member), "tcp", 9)] = None
     wanted = list(first) + [k for k in seen if k not in first]
-    if len(first) > budget:
-        for nic, direction, peer, proto, port in list(first)[budget:]:
-            v = evaluate(doc, Expectation(nic, direction, peer, proto, port).packet())
-            unprobed.setdefault(CounterKey(nic, direction, v.group, v.rule, v.verdict),  # type: ignore[arg-type]
-                                f"over the probe budget of {budget}")
-    out = []
+    for key in list(first.values())[budget:]:
+        unprobed.setdefault(key, f"over the probe budget of {budget}")
+    out, verdicts = [], []
     for nic, direction, peer, proto, port in wanted[:budget]:
         e = Expectation(nic, direction, peer, proto, port)
         v = evaluate(doc, e.packet())
         out.append(Expectation(nic, direction, peer, proto, port,
                                outcome_of(v.verdict, False), v.group, v.rule))
-    return ProbePlan(out, chains, unprobed)
+        verdicts.append(v)
+    return ProbePlan(out, chains, unprobed, verdicts)
 
 
-def _deciding_probe(doc: Document, plans: dict, i: int, decision: Decision, taken: set,
+def _deciding_probe(doc: Document, painting, i: int, decision: Decision, taken: set,
                     families: tuple[int, ...]) -> tuple[str, str, int | None] | str:
     """(peer, protocol, port) of a packet that decision ``i`` decides, or why there is none."""
+    plans = painting.plans
     if not decision.matches:
         return "can never match here (its ICMP family is not its peers' family)"
     why = []
@@ -501,7 +503,8 @@ def _deciding_probe(doc: Document, plans: dict, i: int, decision: Decision, take
                 why.append(found)
             continue
         for net in m.nets:
-            for lo, hi, row in _segments_over(plan, net):
+            for lo, hi, row in painting.segments_over(m.family, int(net.network_address),
+                                                      int(net.broadcast_address)):
                 found = _probe_in_row(row, i, m.family)
                 if not isinstance(found, tuple):
                     why.append(found)
@@ -545,17 +548,6 @@ def _probe_in_row(row, i: int, family: int) -> tuple[str, int | None] | str:
     if any(plo <= icmp <= phi for plo, phi, *_ in mine):
         return "decides only ICMP types other than echo request (the sandbox sends echo requests)"
     return "decides only protocols the sandbox does not probe (it sends tcp, udp and ICMP echo)"
-
-
-def _segments_over(plan, net) -> list[tuple[int, int, tuple]]:
-    """The pieces of ``net`` with their rows: the plan's segments, cut to the network."""
-    lo, hi = int(net.network_address), int(net.broadcast_address)
-    out = []
-    for s_lo, s_hi, row in plan.segments:
-        if s_hi < lo or s_lo > hi:
-            continue
-        out.append((max(s_lo, lo), min(s_hi, hi), row))
-    return out
 
 
 def _address_in(lo: int, hi: int, family: int, taken: set, good: Callable) -> object | None:
@@ -696,6 +688,6 @@ def run_verify(doc: Document, *, timeout: float, progress=None,
         progress.stage("plan")
     probes = plan_probes(doc, reserved_addresses(doc))
     report = check(doc, probes.expectations, timeout=timeout, progress=progress,
-                   backend_name=backend_name)
+                   backend_name=backend_name, verdicts=probes.verdicts)
     report.coverage = coverage(doc, probes, report)
     return report
