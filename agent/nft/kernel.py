@@ -1,7 +1,8 @@
 """The nftables kernel of a network namespace, as :class:`sgagent.backend.kernel.Kernel`:
-transactions go in as nft text through one libnftables context, or -- when only address
-elements change -- as one netlink batch (:mod:`sgagent.nft.elements`: libnftables would first
-load its cache of the whole table); counters and the generation are read over netlink; changes
+a change-sized transaction goes in as one netlink batch (:mod:`sgagent.nft.batch`: libnftables
+would first load its cache of the whole table), anything else -- a full load, a transaction
+with a shape the batch encoder does not know, a batch the kernel refused -- as nft text through
+one libnftables context; counters and the generation are read over netlink; changes
 made by others are reported by a :class:`~sgagent.nft.monitor.TableMonitor`.  Every
 libnftables call runs on a thread inside the namespace (``None``: this process's)."""
 
@@ -13,8 +14,9 @@ from typing import Callable
 from .. import netns
 from ..backend.kernel import CounterReading, Executed, Refused
 from ..backend.transaction import DeleteTable, LiveObjects, Transaction
-from .elements import NetlinkElementWriter, encodable
+from .batch import NetlinkBatchWriter, encode_batch
 from .libnft import Nft, NftError
+from .logcounters import SuppressedReader, suppressed_counter_name
 from .names import FAMILY, TABLE, counter_name, parse_comment
 from .netlink import NetlinkCounterReader, NetlinkError
 from .objects import REF
@@ -28,7 +30,7 @@ class NftKernel:
         self._exec = executor or netns.NetnsExecutor(netns_name)
         self._nft: Nft | None = None
         self._reader: NetlinkCounterReader | None = None
-        self._writer: NetlinkElementWriter | None = None
+        self._writer: NetlinkBatchWriter | None = None
 
     def close(self) -> None:
         if self._reader is not None:
@@ -54,24 +56,28 @@ class NftKernel:
             self._reader = NetlinkCounterReader(self.netns_name)
         return self._reader
 
-    def _elements(self) -> NetlinkElementWriter:
+    def _batches(self) -> NetlinkBatchWriter:
         if self._writer is None:
-            self._writer = NetlinkElementWriter(self.netns_name)
+            self._writer = NetlinkBatchWriter(self.netns_name)
         return self._writer
 
     # -- writing --------------------------------------------------------------------------
     def execute(self, tx: Transaction, *, genid: int | None = None,
                 dry_run: bool = False) -> Executed:
-        """Element-only transactions straight over netlink, refused if anything else
-        committed since ``genid``; everything else, and an element batch the kernel refused,
-        as nft text through libnftables."""
-        if not dry_run and tx.elements_only and encodable(tx.ops):
-            try:
-                self._elements().send(tx.ops, genid)
-            except NetlinkError:
-                pass  # refused, nothing changed: through libnftables below
-            else:
-                return Executed("netlink", tx.element_count)
+        """A change-sized transaction straight over netlink, refused if anything else
+        committed since ``genid``; everything else, and a batch the kernel refused, as nft
+        text through libnftables."""
+        if not dry_run and not tx.full:
+            writer = self._batches()
+            batch = encode_batch(tx.ops, writer.next_seq(), genid)
+            if batch is not None:
+                try:
+                    writer.send(batch)
+                except NetlinkError:
+                    pass  # refused, nothing changed: through libnftables below
+                else:
+                    return Executed("netlink", tx.element_count if tx.elements_only
+                                    else len(batch[1]))
         text = script(tx)
         if text:
             try:
@@ -115,6 +121,9 @@ class NftKernel:
 
         chains, sets, table = self._run(names)
         counters = {counter_name(r.key) for r in self.counters()} if table else set()
+        if table:  # and the suppressed-record counters of logged rules (flow logs)
+            with SuppressedReader(self.netns_name) as read:
+                counters |= {suppressed_counter_name(r.key) for r in read()}
         return LiveObjects(frozenset(chains), frozenset(sets), frozenset(counters), table)
 
     def counters(self) -> list[CounterReading]:
