@@ -180,6 +180,23 @@ class Painting:
         for plan in self.plans.values():
             self.won |= winners(plan)
 
+    def segments_over(self, family: int, lo: int, hi: int) -> list[tuple[int, int, Painted]]:
+        """The plan's segments that meet addresses [lo, hi], cut to them."""
+        plan, starts = self.plans[family], self._starts[family]
+        out = []
+        k = max(bisect.bisect_right(starts, lo) - 1, 0)
+        while k < len(plan.segments) and plan.segments[k][0] <= hi:
+            s_lo, s_hi, row = plan.segments[k]
+            if s_hi >= lo:
+                out.append((max(s_lo, lo), min(s_hi, hi), row))
+            k += 1
+        return out
+
+    def points_in(self, family: int, lo: int, hi: int) -> list[int]:
+        """Member addresses (with rows of their own) in [lo, hi]."""
+        points = self._points[family]
+        return points[bisect.bisect_left(points, lo):bisect.bisect_right(points, hi)]
+
     def deciders(self, i: int) -> set[int]:
         """The other decisions that decide some packet decision ``i`` matches."""
         out: set[int] = set()
@@ -192,16 +209,11 @@ class Painting:
                 for a in plan.members.get(m.group, ()):
                     out |= _owners_over(plan.row_at(a), rects)
                 continue
-            starts, points = self._starts[m.family], self._points[m.family]
             for net in m.nets:
                 lo, hi = int(net.network_address), int(net.broadcast_address)
-                k = max(bisect.bisect_right(starts, lo) - 1, 0)
-                while k < len(plan.segments) and plan.segments[k][0] <= hi:
-                    s_lo, s_hi, row = plan.segments[k]
-                    if s_hi >= lo:
-                        out |= _owners_over(row, rects)
-                    k += 1
-                for a in points[bisect.bisect_left(points, lo):bisect.bisect_right(points, hi)]:
+                for _, _, row in self.segments_over(m.family, lo, hi):
+                    out |= _owners_over(row, rects)
+                for a in self.points_in(m.family, lo, hi):
                     out |= _owners_over(plan.row_at(a), rects)
         return out - {i}
 
