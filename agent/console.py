@@ -36,6 +36,8 @@ def style_of(cell: str) -> str | None:
     word = cell.split(" ", 1)[0].lower()
     if cell.startswith("X"):
         return "bold red"
+    if cell.startswith("not probed"):
+        return "yellow"
     if word in GOOD:
         return "green"
     if word in BAD:
