@@ -22,7 +22,10 @@ follows every binding and registration; a change that moves only members reaches
 as a members-only change (the element fast path).
 
 Consistency: the first read takes the bindings, the groups and the registrations at one
-revision R; three watches (one per range) then stream every change after R. The state held is always
+revision R; one watch then streams every change after R, over the key range from
+``endpoints/`` to the end of ``hosts/`` (``groups/`` and ``<prefix>/fleet`` lie between,
+``status/`` after it): the events of one transaction come in one answer of one stream, so a
+push is never assembled half. The state held is always
 that of one revision. On a reconnect the watches resume from the revision after the last one
 applied (``start_revision``), so nothing is missed across an etcd restart. If etcd compacted
 that revision away (``compact_revision`` in the watch answer), or the cluster was replaced
@@ -58,7 +61,7 @@ from .state import digest
 
 log = logging.getLogger(__name__)
 
-SETTLE = 0.005  # seconds to wait for the rest of a transaction's events (other watch)
+SETTLE = 0.005  # seconds to let a burst of changes gather (applied as one)
 MAX_VALUE = 4 * 1024 * 1024
 
 
@@ -348,7 +351,7 @@ class EtcdSource(Source):
             self._advance(msg[2])
         elif kind == "events":
             self._apply(msg[2], msg[3])
-            # the other watch may carry the rest of the same transaction
+            # a burst of changes (several writes in a row) is assembled once
             deadline = time.monotonic() + SETTLE
             while True:
                 try:
@@ -402,10 +405,10 @@ class EtcdSource(Source):
         self._down.clear()
         self._resumed.clear()
         start = self.revision + 1
-        self._streams = [
-            _Stream(self, self._gen, name, prefix, _prefix_end(prefix), start)
-            for name, prefix in (("hosts", self.hosts_prefix), ("groups", self.groups_prefix),
-                                 ("endpoints", self.endpoints_prefix))]
+        # endpoints/ < fleet < groups/ < hosts/ < status/: one range, the agents' own status
+        # writes outside it
+        self._streams = [_Stream(self, self._gen, "fleet", self.endpoints_prefix,
+                                 _prefix_end(self.hosts_prefix), start)]
         for s in self._streams:
             s.start()
         if self._unavailable:
