@@ -185,13 +185,17 @@ class Plan:
                     self._rows, self._intervals, self._wide, self._interval_starts)
 
 
-def plan_chain(chain: Chain, groups: dict[str, GroupSet]) -> dict[int, Plan]:
-    """The chain's plan per family."""
+def plan_chain(chain: Chain, groups: dict[str, GroupSet],
+               audits: bool = False) -> dict[int, Plan]:
+    """The chain's plan per family: of its enforced decisions, or with ``audits`` of all of
+    them (an audit stage's plan, where audit decisions are painted in their place)."""
     out = {}
     for family in (4, 6):
         entries: list[Entry] = []
         group_items: dict[str, list[tuple[int, tuple[Rect, ...]]]] = {}
         for owner, decision in enumerate(chain.decisions):
+            if decision.audit and not audits:  # never decides: rendered in an audit stage
+                continue
             for m in decision.matches:
                 if m.family != family:
                     continue

@@ -60,6 +60,13 @@ def rules(draw, v6: bool, groups: list[str], classic: bool):
     else:
         rule_peer = draw(_peer(v6, groups))
     rule["source" if direction == "inbound" else "destination"] = rule_peer
+    # SEMANTICS section 9: logging never changes a verdict; an audit rule never decides
+    if draw(st.integers(0, 3)) == 0:
+        rule["log"] = True
+    if draw(st.integers(0, 5)) == 0:
+        rule["mode"] = "audit"
+    if ("log" in rule or "mode" in rule) and draw(st.booleans()):
+        rule["log_rate"] = draw(st.sampled_from([1, "100/second", "5/minute burst 2"]))
     return rule
 
 
@@ -86,7 +93,8 @@ def documents(draw, max_groups: int = 3, max_rules: int = 8):
         nics = [{"name": "eth0", "role": "intranet", "security_groups": bound},
                 {"name": "eth1", "role": "internet", "security_groups": bound}]
     else:
-        nics = [{"name": "eth0", "role": "vpc", "security_groups": bound}]
+        nics = [{"name": "eth0", "role": "vpc", "security_groups": bound,
+                 "log_default": draw(st.booleans())}]
         if draw(st.booleans()):
             other = draw(st.lists(st.sampled_from(names), min_size=1, max_size=n_groups,
                                   unique=True))

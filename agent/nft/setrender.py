@@ -37,10 +37,11 @@ import socket
 from ..backend.objects import Changed, verdict_chain
 from ..ir import Chain, Decision, GroupSet, Ruleset
 from ..partition import Painted, overlay
-from ..peerclass import ICMP, TCP, UDP, Plan, plan_chain
+from ..peerclass import ICMP, TCP, UDP, Plan, plan_chain, rects_of
 from .names import chain_name, counter_comment, counter_name, set_name
 from .objects import Objects, Rule, SetDef
-from .render import VERB, base_chains, member_set, preamble, tail, verdict_rules
+from .render import (VERB, add_log_objects, base_chains, log_objects, member_set, preamble,
+                     tail, verdict_rules)
 
 _IP = {4: "ip", 6: "ip6"}
 _ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
@@ -54,15 +55,23 @@ class ChainRenderer:
     """Renders one NIC chain's plans into ``objs``; a membership change uses it alone, to
     render the rows of changed members into a copy of the applied objects."""
 
-    def __init__(self, chain: Chain, objs: Objects) -> None:
+    def __init__(self, chain: Chain, objs: Objects,
+                 groups: dict[str, GroupSet] | None = None) -> None:
         self.chain = chain
         self.objs = objs
+        self.groups = groups or {}
         self.base = chain_name(chain.nic, chain.direction)
         self.addr = VERB[chain.direction][1]
         self.tail_chain = tail_chain_name(self.base)  # inner access and the default, shared
         self.created_chains: list[str] = []  # what this renderer added to objs
         self.created_sets: list[str] = []
         self._names: dict[tuple, str] = {}
+
+    staged = True  # audit decisions are rendered in stages the NIC chain jumps to
+
+    def tail_rules(self) -> list[Rule]:
+        """What an address no row decides ends in: inner access and the default."""
+        return tail(self.chain)
 
     def map_names(self, family: int) -> tuple[str, str]:
         """The exact (hash) and the interval address map of this chain and family."""
@@ -77,6 +86,8 @@ class ChainRenderer:
     def exact_map(self, plan: Plan) -> SetDef:
         elements = {}
         for a, row in plan.exact().items():
+            if not self.wanted(row) and not self.wanted(plan.interval_row(a)):
+                continue
             name = self.exact_chain(plan, a, row)
             self.objs.ref(name)
             elements[addr_range(a, a, plan.family)] = f"goto {name}"
@@ -87,6 +98,8 @@ class ChainRenderer:
         values = []
         checked = plan.wide_rows() if plan.group_lookups and plan.group_items else frozenset()
         for lo, hi, row in plan.intervals():
+            if not self.wanted(row) and row not in checked:
+                continue
             name = self.checking_chain(plan, row) if row in checked else \
                 self.class_chain(plan.family, row)
             self.objs.ref(name)
@@ -169,6 +182,11 @@ class ChainRenderer:
     def _decision(self, owner: int | None) -> Decision | None:
         return None if owner is None else self.chain.decisions[owner]
 
+    def wanted(self, row: Painted) -> bool:
+        """Whether an address with this row needs an element in the address maps (a miss
+        goes on to the tail, as a row that decides nothing would)."""
+        return True
+
     def _inline(self, kind: str, family: int, decision: Decision | None, boxes) -> list[Rule]:
         if kind in ("tcp", "udp") and _full(boxes, 65535) or kind == "icmp" and _full(boxes, 255):
             matches = [f"meta l4proto {_l4(kind, family)}"]
@@ -181,13 +199,15 @@ class ChainRenderer:
                     for m in matches]
         proto = "tcp" if kind == "tcp" else "udp"  # reject: tcp reset for tcp, else icmpx
         return [r for m in matches
-                for r in verdict_rules(decision.counter, decision.action, proto, m)]
+                for r in verdict_rules(decision.counter, decision.action, proto, m,
+                                       log=decision.log, audit=decision.audit)]
 
     def _lookup(self, kind: str, family: int, owners: dict[int, list]) -> Rule:
         values = []
         for owner, boxes in owners.items():
-            target = f"goto {self.tail_chain}" if owner is None else \
-                f"goto {decider(self.chain.decisions[owner], self.objs, self.created_chains)}"
+            decision = self._decision(owner)
+            target = f"goto {self.tail_chain}" if decision is None else \
+                f"goto {decider(decision, self.objs, self.created_chains)}"
             for plo, phi, vlo, vhi in boxes:
                 key = _rng(plo, phi) if kind == "other" else _rng(vlo, vhi)
                 values.append((key, target))
@@ -205,8 +225,11 @@ class ChainRenderer:
         """The NIC chain's lookups: per family that has rules, the peer exactly, then by
         interval (both maps are declared even when empty, so that a membership change only
         ever changes elements)."""
-        self.objs.chains[self.tail_chain] = (None, tuple(tail(self.chain)))
+        self.objs.chains[self.tail_chain] = (None, tuple(self.tail_rules()))
         rules = []
+        for layer, audits in enumerate(audit_layers(self.chain) if self.staged else ()):
+            stage = AuditStage(self.chain, self.objs, layer, audits, self.groups)
+            rules.append(Rule(f"jump {stage.base}", targets=(stage.base,)))
         for family in (4, 6):
             plan = plans[family]
             if not plan.segments and not plan.group_items:
@@ -226,6 +249,70 @@ class ChainRenderer:
         return rules
 
 
+class AuditStage(ChainRenderer):
+    """A NIC chain's audit rules (SEMANTICS section 9), one *layer* of them: rules that never
+    overlap.  Its own chain, which the NIC chain jumps to before its lookups, looks the peer
+    up in its own address maps, painted by the layer's audit rules and every enforced decision
+    (first match, in the NIC chain's order): where an audit rule comes first, its class chain
+    counts it on the audit rule's counter and jumps to its log chain; anything else, and a miss,
+    returns to the NIC chain.  So a packet is counted on exactly the audit rules it reaches, at
+    the cost of two more lookups per layer, whatever the number of rules."""
+
+    def __init__(self, chain: Chain, objs: Objects, layer: int, audits: frozenset[int],
+                 groups: dict[str, GroupSet]) -> None:
+        decisions = tuple(d if not d.audit or i in audits else d._replace(matches=())
+                          for i, d in enumerate(chain.decisions))
+        super().__init__(Chain(chain.nic, chain.role, chain.direction, decisions, (), None,
+                               chain.default), objs, groups)
+        self.base = f"u{layer}_{self.base}"
+        self.tail_chain = tail_chain_name(self.base)
+        self.objs.chains[self.base] = (None, tuple(self.body(plan_chain(self.chain, groups,
+                                                                         audits=True))))
+
+    staged = False  # no audit stages of its own
+
+    def _decision(self, owner: int | None) -> Decision | None:
+        d = super()._decision(owner)
+        return d if d is not None and d.audit else None
+
+    def wanted(self, row: Painted) -> bool:
+        return any(self.chain.decisions[b[4]].audit for b in row if b[4] is not None)
+
+    def tail_rules(self) -> list[Rule]:
+        return []
+
+
+def audit_layers(chain: Chain) -> list[frozenset[int]]:
+    """The chain's audit decisions in layers of ones that cannot match the same packet
+    (greedy, in order; group peers may hold any address of their family)."""
+    layers: list[list[int]] = []
+    for i, d in enumerate(chain.decisions):
+        if not d.audit:
+            continue
+        for layer in layers:
+            if not any(_may_overlap(d, chain.decisions[j]) for j in layer):
+                layer.append(i)
+                break
+        else:
+            layers.append([i])
+    return [frozenset(layer) for layer in layers]
+
+
+def _may_overlap(a: Decision, b: Decision) -> bool:
+    for ma in a.matches:
+        for mb in b.matches:
+            if ma.family != mb.family:
+                continue
+            if ma.group is None and mb.group is None and not any(
+                    x.overlaps(y) for x in ma.nets for y in mb.nets):
+                continue
+            ra, rb = rects_of(ma), rects_of(mb)
+            if any(p[0] <= q[1] and q[0] <= p[1] and p[2] <= q[3] and q[2] <= p[3]
+                   for p in ra for q in rb):
+                return True
+    return False
+
+
 def tail_chain_name(base: str) -> str:
     """The chain of a NIC chain's tail (inner access and the default)."""
     return "t_" + base
@@ -238,7 +325,7 @@ def exact_setdef(family: int, elements: dict[str, str]) -> SetDef:
 
 def chain_body(chain: Chain, objs: Objects, groups: dict[str, GroupSet]) -> list[Rule]:
     plans = plan_chain(chain, groups)
-    r = ChainRenderer(chain, objs)
+    r = ChainRenderer(chain, objs, groups)
     objs.plans[r.base] = plans
     return r.body(plans)
 
@@ -249,7 +336,8 @@ def decider(decision: Decision, objs: Objects, created: list[str] | None = None)
     Added to ``objs`` (and its name to ``created``) if new."""
     name = "d" + counter_name(decision.counter)[1:]
     if name not in objs.chains:
-        objs.chains[name] = (None, tuple(verdict_rules(decision.counter, decision.action, None)))
+        objs.chains[name] = (None, tuple(verdict_rules(decision.counter, decision.action, None,
+                                                       log=decision.log, audit=decision.audit)))
         if created is not None:
             created.append(name)
     return name
@@ -330,6 +418,8 @@ def member_update(old: Objects, old_rs: Ruleset, rs: Ruleset) -> Objects | None:
     before = {g.name: g for g in old_rs.groups}
     if set(before) != {g.name for g in rs.groups}:
         return None
+    if any(d.audit for c in rs.chains for d in c.decisions):
+        return None  # audit stages keep address maps of their own: rendered whole
     new = Objects(dict(old.counters), dict(old.sets), dict(old.chains), dict(old.refs),
                   dict(old.exact), dict(old.plans))
     new.changed = delta = Changed(old)
@@ -443,6 +533,8 @@ def chain_update(old: Objects, old_rs: Ruleset, rs: Ruleset) -> Objects | None:
     new.changed = delta = Changed(old)
     for base in [b for b in dirty if b in old_chains] + gone:
         chains, sets = _owned(old, base, group_sets)
+        chains += [n for n in log_objects(old_chains[base])[0]
+                   if n in new.chains and n not in chains]
         for name in chains:
             del new.chains[name]
             new.refs.pop(name, None)
@@ -456,11 +548,15 @@ def chain_update(old: Objects, old_rs: Ruleset, rs: Ruleset) -> Objects | None:
             name = counter_name(key)
             new.counters.pop(name, None)
             delta.counters[name] = None
+        for name in log_objects(old_chains[base])[1]:
+            new.counters.pop(name, None)
+            delta.counters[name] = None
     for base in dirty:
         chain = new_chains[base]
         part = Objects()
         rules = preamble(chain.direction) + chain_body(chain, part, groups) + tail(chain)
         part.chains[base] = (None, tuple(rules))
+        add_log_objects(chain, part)
         if any(n in new.chains for n in part.chains) or any(n in new.sets for n in part.sets):
             return None
         new.chains.update(part.chains)
@@ -475,6 +571,11 @@ def chain_update(old: Objects, old_rs: Ruleset, rs: Ruleset) -> Objects | None:
             if name in new.counters:
                 return None
             new.counters[name] = counter_comment(key)
+            delta.counters[name] = None
+        for name, comment in part.counters.items():  # suppressed-record counters
+            if name in new.counters:
+                return None
+            new.counters[name] = comment
             delta.counters[name] = None
     for name in before.keys() - groups.keys():
         for family in (4, 6):
@@ -509,7 +610,12 @@ def _owned(objs: Objects, base: str, shared: set[str]) -> tuple[list[str], list[
         todo.append(tail_chain)
     sets: dict[str, None] = {}
     while todo:
-        for rule in objs.chains[todo.pop()][1]:
+        name = todo.pop()
+        own_tail = tail_chain_name(name)  # an audit stage's tail, which a miss never names
+        if name.startswith("u") and own_tail in objs.chains and own_tail not in chains:
+            chains[own_tail] = None
+            todo.append(own_tail)
+        for rule in objs.chains[name][1]:
             targets = list(rule.targets)
             for s in rule.sets:
                 if s not in shared and s not in sets:
