@@ -200,9 +200,9 @@ def netns_flush(ns: str) -> None:
                    check=False, capture_output=True)
 
 
-def baseline_env(work: Path, commit: str) -> dict[str, str]:
+def baseline_env(work: Path, commit: str, label: str) -> dict[str, str]:
     """A PYTHONPATH whose ``sgagent`` is ``agent/`` as of ``commit``."""
-    dest = work / "baseline"
+    dest = work / label
     dest.mkdir()
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "agent"],
                              check=True, capture_output=True).stdout
@@ -220,6 +220,8 @@ def main() -> int:
     ap.add_argument("--hypervisor", action="store_true",
                     help="also 100 NICs x 1,000 rules (bench/hvgen.py)")
     ap.add_argument("--baseline", help="a commit to run side by side")
+    ap.add_argument("--current", help="a commit to run as the current daemon (default: the "
+                    "working tree, with whatever is not committed)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -245,9 +247,12 @@ def main() -> int:
         "runs": {},
     }
     try:
-        envs = {"current": {}}
+        envs = {"current": baseline_env(work, args.current, "current") if args.current
+                else {}}
+        if args.current:
+            result["current"] = args.current
         if args.baseline:
-            envs["baseline"] = baseline_env(work, args.baseline)
+            envs["baseline"] = baseline_env(work, args.baseline, "baseline")
             result["baseline"] = args.baseline
         for name, doc in docs.items():
             for label, env in envs.items():
