@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -98,12 +99,28 @@ class IptKernel:
     # -- writing --------------------------------------------------------------------------
     def _restore(self, family: int, script: str, test: bool = False) -> None:
         if script:
-            argv = [self.tool(family, "restore"), "-w", "--noflush"] + (["--test"] if test else [])
+            argv = [self.tool(family, "restore"), "-w", "--noflush", "--counters"] + \
+                (["--test"] if test else [])
             self.run(argv, script)
 
     def _destroy(self, names) -> None:
-        for name in names:  # one by one: a set someone else still uses stays
-            self.run(["ipset", "destroy", name], check=False)
+        """Destroy sets, one by one: a set someone else still uses stays.  A set the rules
+        just replaced may still be held for a moment (iptables-nft releases its matches after
+        the commit): tried again for up to a second, and at the next apply anyway."""
+        left = list(names)
+        for _ in range(20):
+            if not left:
+                return
+            if _:
+                time.sleep(0.05)
+            left = [n for n in left if self._destroy_one(n)]
+
+    def _destroy_one(self, name: str) -> bool:
+        """True if the set is still there because something uses it."""
+        self.commands += 1
+        proc = subprocess.run(netns.argv_in(self.netns_name, ["ipset", "destroy", name]),
+                              capture_output=True, text=True, timeout=TIMEOUT)
+        return proc.returncode != 0 and "in use" in proc.stderr
 
     def apply(self, want: Tables, *, full: bool = False, dry_run: bool = False) -> bool:
         """Make the namespace hold exactly ``want`` (``full``: check set elements too).
@@ -131,8 +148,7 @@ class IptKernel:
             except Refused:
                 self._destroy(created + [t for t, _ in swaps])
                 raise
-        scripts = {f: restore_script(live.saved[f].chains, want.chains[f], live.saved[f].hooked)
-                   for f in FAMILIES}
+        scripts = {f: restore_script(live.saved[f], want.chains[f]) for f in FAMILIES}
         done: list[int] = []
         try:
             for f in FAMILIES:
@@ -140,11 +156,11 @@ class IptKernel:
                 done.append(f)
         except Refused:
             if not dry_run:
-                for f in done:  # put back what was committed
-                    have = {n: list(r) for n, r in want.chains[f].items()}
+                for f in done:  # put back what was committed, counts carried
                     back = {n: tuple(r) for n, r in live.saved[f].chains.items()}
                     added = set(ROOTS) - live.saved[f].hooked
-                    self._restore(f, restore_script(have, back, hook=False, unhook=added))
+                    self._restore(f, restore_script(self.save(f), back, hook=False,
+                                                    unhook=added))
             self._destroy(created + [t for t, _ in swaps])
             raise
         if dry_run:

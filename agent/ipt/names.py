@@ -2,9 +2,8 @@
 
 Everything sgagent creates is named ``sgagent...``: chains (at most 28 characters) and ipsets
 (at most 31).  Chains and sets that are named after their content (``sgagent-k-``, ``-n-``,
-``-t-``, ``sgagent-s-``) hold the same content whenever they hold that name; a counting chain
-(``sgagent-d-``) is named after its counter's identity, so it is never rewritten while its
-rule stays, and its kernel counters keep counting.
+``-t-``, ``sgagent-s-``) hold the same content whenever they hold that name.  A rule that
+decides carries its counter's identity as a comment.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import hashlib
 import re
 
 from ..ir import CounterKey
-from ..nft.names import counter_comment, counter_name, parse_comment
+from ..nft.names import counter_comment, parse_comment
 
 PREFIX = "sgagent"
 ROOTS = {"INPUT": "sgagent-INPUT", "FORWARD": "sgagent-FORWARD", "OUTPUT": "sgagent-OUTPUT"}
@@ -35,11 +34,6 @@ def digest(*parts: str) -> str:
 def nic_chain(nic: str, direction: str) -> str:
     name = nic if _SAFE_IF.fullmatch(nic) else "x" + hashlib.sha1(nic.encode()).hexdigest()[:10]
     return f"{PREFIX}-{_DIR[direction]}-{name}"
-
-
-def decider_chain(key: CounterKey) -> str:
-    """The chain that counts for ``key`` and gives its verdict."""
-    return f"{PREFIX}-d-{counter_name(key)[2:18]}"
 
 
 def content_chain(kind: str, rules: tuple[str, ...]) -> str:

@@ -11,10 +11,12 @@ addresses and group members (looked up exactly in nftables) are /32 (/128) eleme
 address lacks a bit its network has, it is a ``nomatch`` element.  ``linear`` writes one rule
 per match of each decision, in order (kept for comparison, as for nftables).
 
-Every deciding rule goes to the decision's counting chain (``sgagent-d-``), which counts and
-gives the verdict: accept is ``RETURN`` (back to the dispatch chain, so forwarded packets are
-still judged on the NIC they leave by), drop ``DROP``, reject ``REJECT``.  Rules are written
-as ``iptables-save`` prints them, so that the live chains can be compared with them.
+Every deciding rule carries its decision's identity as a comment, counts, and gives the
+verdict: accept is ``RETURN`` (back to the dispatch chain, so forwarded packets are still
+judged on the NIC they leave by), drop ``DROP``, reject ``REJECT``.  A decision's counter is
+the sum of its rules' kernel counters (an apply carries them over to the rules that replace
+them, :func:`sgagent.ipt.rules.restore_script`).  Rules are written as ``iptables-save``
+prints them, so that the live chains can be compared with them.
 """
 
 from __future__ import annotations
@@ -27,8 +29,7 @@ from ..allowances import DHCP_PORTS, LINK_ICMPV6
 from ..ir import Chain, CounterKey, Decision, GroupSet, Match, Ruleset
 from ..partition import Painted
 from ..peerclass import ICMP, TCP, UDP, Plan, other_protocols, plan_chain
-from .names import (ROOTS, comment_of, content_chain, content_set, decider_chain,
-                    interface_problem, nic_chain)
+from .names import ROOTS, comment_of, content_chain, content_set, interface_problem, nic_chain
 
 RENDERINGS = ("sets", "linear")
 FAMILIES = (4, 6)
@@ -63,7 +64,7 @@ class Tables:
     chains: dict[int, dict[str, tuple[str, ...]]] = field(
         default_factory=lambda: {4: {}, 6: {}})
     sets: dict[str, IpSet] = field(default_factory=dict)
-    counters: dict[str, CounterKey] = field(default_factory=dict)  # decider chain -> key
+    counters: dict[str, CounterKey] = field(default_factory=dict)  # comment -> key
 
     def add_chain(self, family: int, rules: list[str] | tuple[str, ...], kind: str) -> str:
         rules = tuple(rules)
@@ -158,20 +159,29 @@ class _ChainRenderer:
         self._tail: str | None = None
 
     # -- counting and the tail ---------------------------------------------------------------
-    def decider(self, key: CounterKey, action: str) -> str:
-        name = decider_chain(key)
-        if name not in self.t.chains[self.family]:
-            c = f"-m comment --comment {comment_of(key)}"
-            if action == "accept":
-                rules = [f"{c} -j RETURN"]
-            elif action == "drop":
-                rules = [f"{c} -j DROP"]
-            else:
-                rules = [f"-p tcp {c} -j REJECT --reject-with tcp-reset",
-                         f"{c} -j REJECT --reject-with {_ICMP[self.family][2]}"]
-            self.t.chains[self.family][name] = tuple(rules)
-            self.t.counters[name] = key
-        return name
+    def verdict(self, key: CounterKey, action: str, proto: str | None, addr: str = "",
+                rest: str = "") -> list[str]:
+        """Rules matching ``addr`` (-s/-d), then ``proto`` and ``rest``, counting under the
+        decision's comment and giving its verdict: accept returns to the dispatch chain
+        (forwarded packets are still judged on the NIC they leave by), reject answers tcp
+        with a reset and anything else with admin-prohibited (``proto`` None: both rules)."""
+        c = comment_of(key)
+        self.t.counters[c] = key
+        c = f"-m comment --comment {c}"
+
+        def rule(p: str | None, target: str) -> str:
+            p = None if p == "*" else p  # "*": what is left after tcp, udp and ICMP
+            return " ".join(x for x in (addr, p and f"-p {p}", rest, c, target) if x)
+        if action == "accept":
+            return [rule(proto, "-j RETURN")]
+        if action == "drop":
+            return [rule(proto, "-j DROP")]
+        icmp = f"-j REJECT --reject-with {_ICMP[self.family][2]}"
+        if proto == "tcp":
+            return [rule(proto, "-j REJECT --reject-with tcp-reset")]
+        if proto is None:
+            return [rule("tcp", "-j REJECT --reject-with tcp-reset"), rule(None, icmp)]
+        return [rule(proto, icmp)]
 
     def member_set(self, group: str) -> str:
         g = self.groups.get(group)
@@ -184,19 +194,21 @@ class _ChainRenderer:
             ch = self.chain
             rules = []
             if ch.inner_counter is not None:
-                accept = self.decider(ch.inner_counter, "accept")
                 # as nftables: inner access looks at the source, in either direction
-                rules += [f"-m set --match-set {self.member_set(g)} src -g {accept}"
-                          for g in ch.inner_access]
-            rules.append(f"-g {self.decider(ch.default.counter, ch.default.action)}")
+                for g in ch.inner_access:
+                    rules += self.verdict(ch.inner_counter, "accept", None,
+                                          rest=f"-m set --match-set {self.member_set(g)} src")
+            rules += self.verdict(ch.default.counter, ch.default.action, None)
             self._tail = self.t.add_chain(self.family, rules, "t")
         return self._tail
 
-    def target(self, owner: int | None) -> str:
+    def decide(self, owner: int | None, proto: str | None, rest: str = "") -> list[str]:
+        """What decides a box of a class chain: the owner's verdict, or (None) the tail."""
         if owner is None:
-            return self.tail()
+            return [" ".join(x for x in (proto and f"-p {proto}", rest, f"-g {self.tail()}")
+                             if x)]
         d = self.chain.decisions[owner]
-        return self.decider(d.counter, d.action)
+        return self.verdict(d.counter, d.action, proto, rest=rest)
 
     # -- sets -------------------------------------------------------------------------------
     def lookup(self, plan: Plan) -> list[str]:
@@ -254,26 +266,27 @@ class _ChainRenderer:
         """Decide by protocol and port or ICMP type; what no box covers goes to the tail."""
         icmp = ICMP[self.family]
         l4, flag, _ = _ICMP[self.family]
+        icmp_module = "icmp" if self.family == 4 else "icmp6"
         tcpudp: list[str] = []
         icmps: list[str] = []
         other: dict[int | None, list[tuple[int, int]]] = {}
         for plo, phi, vlo, vhi, owner in row:
             for p in (TCP, UDP, icmp):
-                if plo <= p <= phi:
-                    go = f"-g {self.target(owner)}"
-                    if p == icmp:
-                        if (vlo, vhi) == (0, 255):
-                            icmps.append(f"-p {l4} {go}")
-                        else:
-                            icmps += [f"-p {l4} -m {'icmp' if self.family == 4 else 'icmp6'} "
-                                      f"{flag} {v} {go}" for v in range(vlo, vhi + 1)]
+                if not plo <= p <= phi:
+                    continue
+                if p == icmp:
+                    if (vlo, vhi) == (0, 255):
+                        icmps += self.decide(owner, l4)
                     else:
-                        name = "tcp" if p == TCP else "udp"
-                        if (vlo, vhi) == (0, 65535):
-                            tcpudp.append(f"-p {name} {go}")
-                        else:
-                            port = str(vlo) if vlo == vhi else f"{vlo}:{vhi}"
-                            tcpudp.append(f"-p {name} -m {name} --dport {port} {go}")
+                        for v in range(vlo, vhi + 1):
+                            icmps += self.decide(owner, l4, f"-m {icmp_module} {flag} {v}")
+                else:
+                    name = "tcp" if p == TCP else "udp"
+                    if (vlo, vhi) == (0, 65535):
+                        tcpudp += self.decide(owner, name)
+                    else:
+                        port = str(vlo) if vlo == vhi else f"{vlo}:{vhi}"
+                        tcpudp += self.decide(owner, name, f"-m {name} --dport {port}")
             for lo, hi in _others(plo, phi, icmp):
                 other.setdefault(owner, []).append((lo, hi))
         rules = tcpudp + icmps
@@ -281,12 +294,16 @@ class _ChainRenderer:
             rules += [f"-p {p} -g {self.tail()}" for p in ("tcp", "udp", l4)]
             full = other_protocols(self.family)
             for owner, spans in other.items():
-                go = f"-g {self.target(owner)}"
                 if sorted(spans) == full:
-                    rules.append(go)  # every other protocol: nothing else is left here
+                    # every other protocol: nothing else is left here (reject: admin-prohibited)
+                    rules += self.decide(owner, None) if owner is None else \
+                        self.verdict(self.chain.decisions[owner].counter,
+                                     self.chain.decisions[owner].action, "*")
                     break
                 # protocol 0 cannot be named to iptables (-p 0 is any protocol)
-                rules += [f"-p {p} {go}" for lo, hi in spans for p in range(max(lo, 1), hi + 1)]
+                for lo, hi in spans:
+                    for p in range(max(lo, 1), hi + 1):
+                        rules += self.decide(owner, str(p))
         rules.append(f"-g {self.tail()}")
         return self.t.add_chain(self.family, rules, "k")
 
@@ -300,27 +317,29 @@ class _ChainRenderer:
         return rules + [f"-g {self.tail()}"]
 
     def _match_rules(self, m: Match, d: Decision) -> list[str]:
-        go = f"-g {self.decider(d.counter, d.action)}"
         flag = "-s" if self.addr == "src" else "-d"
         if m.group is not None:
-            peers = [f"-m set --match-set {self.member_set(m.group)} {self.addr}"]
+            peers = [("", f"-m set --match-set {self.member_set(m.group)} {self.addr}")]
         else:
-            peers = ["" if n.prefixlen == 0 else f"{flag} {n.with_prefixlen}" for n in m.nets]
+            peers = [("" if n.prefixlen == 0 else f"{flag} {n.with_prefixlen}", "")
+                     for n in m.nets]
         l4, iflag, _ = _ICMP[self.family]
         if m.proto is None:
-            protos = [""]
+            protos: list[tuple[str | None, str]] = [(None, "")]
         elif m.proto in ("tcp", "udp"):
-            protos = [f"-p {m.proto}"] if m.ports is None else \
-                [f"-p {m.proto} -m {m.proto} --dport {lo if lo == hi else f'{lo}:{hi}'}"
+            protos = [(m.proto, "")] if m.ports is None else \
+                [(m.proto, f"-m {m.proto} --dport {lo if lo == hi else f'{lo}:{hi}'}")
                  for lo, hi in m.ports]
         elif m.proto in ("icmp", "icmpv6"):
             if (m.proto == "icmp") != (self.family == 4):
                 return []
-            protos = [f"-p {l4}"] if m.icmp_type is None else \
-                [f"-p {l4} -m {'icmp' if self.family == 4 else 'icmp6'} {iflag} {m.icmp_type}"]
+            protos = [(l4, "")] if m.icmp_type is None else \
+                [(l4, f"-m {'icmp' if self.family == 4 else 'icmp6'} {iflag} {m.icmp_type}")]
         else:
-            protos = [f"-p {m.proto}"]
-        return [" ".join(x for x in (peer, proto, go) if x) for peer in peers for proto in protos]
+            protos = [(m.proto, "")]
+        return [r for addr, peer in peers for proto, port in protos
+                for r in self.verdict(d.counter, d.action, proto, addr,
+                                      " ".join(x for x in (port, peer) if x))]
 
 
 def _others(plo: int, phi: int, icmp: int):

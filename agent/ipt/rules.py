@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import functools
-import shlex
+import re
 import socket
 from dataclasses import dataclass, field
 
@@ -22,15 +22,18 @@ def _proto_number(name: str) -> str:
         return name
 
 
-@functools.lru_cache(maxsize=1 << 16)
+_PROTO = re.compile(r"(?<=-p )([A-Za-z][\w-]*)")
+
+
 def normal_rule(rule: str) -> str:
     """A rule in one spelling: protocols as numbers, no quotes (``iptables-save`` prints
-    ``gre`` for ``-p 47`` and quotes some comments)."""
-    tokens = shlex.split(rule)
-    for i, tok in enumerate(tokens[:-1]):
-        if tok == "-p":
-            tokens[i + 1] = _proto_number(tokens[i + 1])
-    return " ".join(tokens)
+    ``gre`` for ``-p 47`` and quotes some comments).  sgagent's comments hold neither spaces
+    nor quotes (:func:`sgagent.ipt.names.comment_of`), so dropping the quotes is exact."""
+    if '"' in rule:
+        rule = rule.replace('"', "")
+    if "-p " in rule:
+        rule = _PROTO.sub(lambda m: _proto_number(m.group(1)), rule)
+    return rule
 
 
 @dataclass
@@ -42,24 +45,32 @@ class Saved:
     foreign: int = 0                                 # rules that are not sgagent's
 
     def counters(self) -> dict[CounterKey, tuple[int, int]]:
+        """Per decision, the sum of the counters of the rules carrying its comment."""
         out: dict[CounterKey, tuple[int, int]] = {}
-        for name, rules in self.chains.items():
-            if not name.startswith(f"{PREFIX}-d-"):
-                continue
-            for rule, (p, b) in zip(rules, self.counts[name]):
-                key = key_of(comment_in(rule))
-                if key is not None:
-                    op, ob = out.get(key, (0, 0))
-                    out[key] = (op + p, ob + b)
+        for comment, (p, b) in self.by_comment().items():
+            key = key_of(comment)
+            if key is not None:
+                op, ob = out.get(key, (0, 0))
+                out[key] = (op + p, ob + b)
+        return out
+
+    def by_comment(self, chains=None) -> dict[str, tuple[int, int]]:
+        out: dict[str, tuple[int, int]] = {}
+        for name in self.chains if chains is None else chains:
+            for rule, (p, b) in zip(self.chains[name], self.counts[name]):
+                c = comment_in(rule)
+                if c:
+                    op, ob = out.get(c, (0, 0))
+                    out[c] = (op + p, ob + b)
         return out
 
 
+_COMMENT = re.compile(r'--comment "?([^ "]*)')
+
+
 def comment_in(rule: str) -> str:
-    tokens = shlex.split(rule)
-    for i, tok in enumerate(tokens[:-1]):
-        if tok == "--comment":
-            return tokens[i + 1]
-    return ""
+    m = _COMMENT.search(rule)
+    return m.group(1) if m else ""
 
 
 def parse_save(text: str) -> Saved:
@@ -115,30 +126,63 @@ def same_rules(have: list[str] | tuple[str, ...], want: list[str] | tuple[str, .
         a == b or normal_rule(a) == normal_rule(b) for a, b in zip(have, want))
 
 
-def restore_script(have: dict[str, list[str]], want: dict[str, tuple[str, ...]],
-                   hooked: set[str] = frozenset(), hook: bool = True,
-                   unhook: set[str] = frozenset()) -> str:
-    """``iptables-restore --noflush`` input that turns sgagent chains ``have`` into ``want``
-    and nothing else: a chain whose rules are the same is not mentioned (its counters keep
-    counting), a changed one is emptied and filled again, one that goes is emptied and
+def restore_script(have: Saved, want: dict[str, tuple[str, ...]],
+                   hook: bool = True, unhook: set[str] = frozenset()) -> str:
+    """``iptables-restore -c --noflush`` input that turns sgagent's chains ``have`` into
+    ``want`` and nothing else: a chain whose rules are the same is not mentioned (its rules
+    keep counting), a changed one is emptied and filled again, one that goes is emptied and
     deleted; the jumps to the root chains are inserted at the top of INPUT, FORWARD and
-    OUTPUT where missing (``hook``), and removed from the hooks in ``unhook``.  '' when
-    nothing is to change."""
-    changed = [n for n, rules in want.items()
-               if n not in have or not same_rules(have[n], rules)]
-    gone = [n for n in have if n not in want]
-    jumps = [h for h in ROOTS if h not in hooked] if hook else []
+    OUTPUT where missing (``hook``), and removed from the hooks in ``unhook``.
+
+    Counters are carried: what a decision had counted in the rules that go is given to the
+    first of its rules that come (``[packets:bytes]``), so its sum never goes back while it
+    stays; a kept chain is written again (with its own counts) when a decision that lost
+    rules has no new one to carry them.  '' when nothing is to change."""
+    chains = have.chains
+    changed = {n: None for n, rules in want.items()
+               if n not in chains or not same_rules(chains[n], rules)}
+    gone = [n for n in chains if n not in want]
+    carried = _carry(have, want, changed, gone)
+    jumps = [h for h in ROOTS if h not in have.hooked] if hook else []
     if not changed and not gone and not jumps and not unhook:
         return ""
     lines = ["*filter"]
     lines += [f"-D {h} -j {ROOTS[h]}" for h in sorted(unhook)]
-    lines += [f":{n} - [0:0]" for n in changed + gone]
+    lines += [f":{n} - [0:0]" for n in [*changed, *gone]]
     for n in changed:
-        lines += [f"-A {n} {r}" for r in want[n]]
+        for i, r in enumerate(want[n]):
+            p, b = carried.get((n, i), (0, 0))
+            lines.append(f"[{p}:{b}] -A {n} {r}")
     lines += [f"-X {n}" for n in gone]
     lines += [f"-I {h} 1 -j {ROOTS[h]}" for h in jumps]
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
+
+
+def _carry(have: Saved, want: dict[str, tuple[str, ...]], changed: dict[str, None],
+           gone: list[str]) -> dict[tuple[str, int], tuple[int, int]]:
+    """Counts for rules of ``changed`` chains (grown when it must be, see
+    :func:`restore_script`): (chain, index) -> (packets, bytes)."""
+    total = have.by_comment()
+    if not any(p or b for p, b in total.values()):
+        return {}
+    while True:
+        kept = have.by_comment(n for n in have.chains if n in want and n not in changed)
+        need = {c: (p - kept.get(c, (0, 0))[0], b - kept.get(c, (0, 0))[1])
+                for c, (p, b) in total.items()}
+        first: dict[str, tuple[str, int]] = {}
+        for n in changed:
+            for i, r in enumerate(want[n]):
+                c = comment_in(r)
+                if c and c not in first:
+                    first[c] = (n, i)
+        lost = [c for c, v in need.items() if v != (0, 0) and c not in first]
+        more = [n for n in have.chains if n in want and n not in changed
+                and any(comment_in(r) in lost for r in want[n])]
+        if not more:
+            break
+        changed.update(dict.fromkeys(more))
+    return {first[c]: v for c, v in need.items() if c in first and v != (0, 0)}
 
 
 def unhook_script(have: dict[str, list[str]], hooked: set[str]) -> str:

@@ -1,5 +1,5 @@
 """A small model of iptables and ipset, for the part of their syntax the iptables renderer
-writes: walk the chains for one new packet, as the kernel would, and say which counting chain
+writes: walk the chains for one new packet, as the kernel would, and say which counting rule
 decided it.  It lets the renderer be checked against the evaluator without root; the kernel
 tests check the same rendering with real packets."""
 
@@ -89,7 +89,7 @@ def matches(t: Tables, tokens: list[str], p: Packet) -> tuple[bool, list[str]]:
 
 def run(t: Tables, hook: str, p: Packet) -> list[tuple[str, object]]:
     """The verdicts (accept at the end of the hook, drop, reject) with the counter key of the
-    counting chain each went through (None where no counting chain decided)."""
+    rule that decided (None where no counting rule did)."""
     family = p.src.version
     chains = t.chains[family]
     key = None
@@ -110,7 +110,7 @@ def run(t: Tables, hook: str, p: Packet) -> list[tuple[str, object]]:
         ok, target = matches(t, tokens, p)
         if not ok:
             continue
-        if chain.startswith("sgagent-d-"):
+        if "--comment" in tokens:
             key = key_of(tokens[tokens.index("--comment") + 1])
         verb, what = target[0], target[1]
         if what == "RETURN":

@@ -17,11 +17,12 @@ from sgagent.evaluator import Packet as EvPacket
 from sgagent.evaluator import evaluate
 from sgagent.ipt.names import comment_of, key_of
 from sgagent.ipt.render import RenderError, cidrs, render
-from sgagent.ipt.rules import normal_rule, parse_save, restore_script
+from sgagent.ipt.rules import Saved, normal_rule, parse_save, restore_script
 from sgagent.ir import CounterKey
 from sgagent.load import load_file, parse_data
 
 from ..strategies import documents, probes
+from .flowlogs import without_flow_logs
 from .sim import PROTO, Packet, run
 
 HOST = {4: "192.0.2.1", 6: "2001:db8:ffff::1"}
@@ -44,7 +45,7 @@ def _verdict(t, nic: str, direction: str, peer: str, proto: str, port):
           suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_rendering_agrees_with_oracle(rendering, data):
-    raw = data.draw(documents())
+    raw = without_flow_logs(data.draw(documents()))
     doc = parse_data(raw)
     t = render(compile_document(doc), rendering)
     for nic, direction, peer, proto, port in data.draw(probes(raw, 30)):
@@ -102,26 +103,55 @@ def test_saved_rules_compare_equal_to_rendered():
         normal_rule("-p 47 -m comment --comment a|b -j RETURN")
 
 
+def saved(chains: dict, counts: dict | None = None,
+          hooked=("INPUT", "FORWARD", "OUTPUT")) -> Saved:
+    counts = counts or {}
+    return Saved({n: list(r) for n, r in chains.items()},
+                 {n: counts.get(n, [(0, 0)] * len(r)) for n, r in chains.items()}, set(hooked))
+
+
 def test_restore_touches_only_what_changed():
-    have = {"sgagent-d-1": ["-m comment --comment x -j RETURN"], "sgagent-k-1": ["-g sgagent-d-1"],
-            "sgagent-old": ["-j DROP"]}
-    want = {"sgagent-d-1": ("-m comment --comment x -j RETURN",), "sgagent-k-2": ("-g sgagent-d-1",)}
-    script = restore_script(have, want, {"INPUT", "FORWARD", "OUTPUT"})
-    assert ":sgagent-d-1 " not in script and "-A sgagent-d-1" not in script  # counters kept
+    have = saved({"sgagent-t-1": ["-m comment --comment x -j RETURN"],
+                  "sgagent-k-1": ["-g sgagent-t-1"], "sgagent-old": ["-j DROP"]})
+    want = {"sgagent-t-1": ("-m comment --comment x -j RETURN",),
+            "sgagent-k-2": ("-g sgagent-t-1",)}
+    script = restore_script(have, want)
+    assert ":sgagent-t-1 " not in script and "-A sgagent-t-1" not in script  # counters kept
     assert ":sgagent-k-2 - [0:0]" in script and "-X sgagent-k-1" in script
     assert "-X sgagent-old" in script and "-I " not in script
-    assert restore_script(want | {}, want, {"INPUT", "FORWARD", "OUTPUT"}) == ""
-    assert "-I INPUT 1 -j sgagent-INPUT" in restore_script({}, want, {"FORWARD", "OUTPUT"})
+    assert restore_script(saved(want), want) == ""
+    assert "-I INPUT 1 -j sgagent-INPUT" in restore_script(saved({}, hooked=()), want)
+
+
+def test_counts_of_replaced_rules_are_carried_to_their_successors():
+    a, b = comment_of(CounterKey("eth0", "inbound", "sg", "a", "accept")), \
+        comment_of(CounterKey("eth0", "inbound", "sg", "b", "drop"))
+    have = saved({"sgagent-k-1": [f"-p tcp -m comment --comment {a} -j RETURN",
+                                  f"-m comment --comment {b} -j DROP"],
+                  "sgagent-k-2": [f"-p udp -m comment --comment {a} -j RETURN"]},
+                 {"sgagent-k-1": [(5, 500), (7, 700)], "sgagent-k-2": [(1, 100)]})
+    # k-1 goes: a's 5 packets move to its rule in k-3; b's 7 to b's rule there
+    want = {"sgagent-k-3": (f"-p tcp -m tcp --dport 80 -m comment --comment {a} -j RETURN",
+                            f"-m comment --comment {b} -j DROP"),
+            "sgagent-k-2": (f"-p udp -m comment --comment {a} -j RETURN",)}
+    script = restore_script(have, want)
+    assert f"[5:500] -A sgagent-k-3 -p tcp" in script and "[7:700] -A sgagent-k-3 -m" in script
+    assert "sgagent-k-2" not in script  # kept as it is: its own count stays there
+    # b's rule goes, a's stays only in kept k-2: k-2 is written again carrying a's 6
+    want = {"sgagent-k-2": (f"-p udp -m comment --comment {a} -j RETURN",)}
+    script = restore_script(have, want)
+    assert "[6:600] -A sgagent-k-2 -p udp" in script and "-X sgagent-k-1" in script
 
 
 def test_save_parsing_keeps_only_sgagent_and_reads_counters():
     key = CounterKey("eth0", "inbound", "sg", "r1", "accept")
     text = "\n".join([
         "*nat", ":DOCKER - [0:0]", "[1:2] -A DOCKER -j RETURN", "COMMIT", "*filter",
-        ":INPUT ACCEPT [0:0]", ":sgagent-d-1 - [0:0]", "[5:500] -A INPUT -j sgagent-INPUT",
-        "[3:300] -A INPUT -s 192.0.2.1/32 -j ACCEPT",
-        f'[7:700] -A sgagent-d-1 -p tcp -m comment --comment "{comment_of(key)}" -j REJECT',
-        f"[1:100] -A sgagent-d-1 -m comment --comment {comment_of(key)} -j REJECT", "COMMIT"])
+        ":INPUT ACCEPT [0:0]", ":sgagent-k-1 - [0:0]", ":sgagent-t-1 - [0:0]",
+        "[5:500] -A INPUT -j sgagent-INPUT", "[3:300] -A INPUT -s 192.0.2.1/32 -j ACCEPT",
+        f'[7:700] -A sgagent-k-1 -p tcp -m comment --comment "{comment_of(key)}" -j REJECT',
+        f"[1:100] -A sgagent-t-1 -m comment --comment {comment_of(key)} -j REJECT", "COMMIT"])
     s = parse_save(text)
-    assert s.hooked == {"INPUT"} and s.foreign == 1 and list(s.chains) == ["sgagent-d-1"]
+    assert s.hooked == {"INPUT"} and s.foreign == 1
+    assert list(s.chains) == ["sgagent-k-1", "sgagent-t-1"]
     assert s.counters() == {key: (8, 800)}
