@@ -10,6 +10,7 @@ unknown fields are refused and every error is reported with its path
     state_dir: /var/lib/sgagent
     revocation: true        # cut live connections the new rules refuse (SEMANTICS section 4)
     metrics: {enabled: false, address: 127.0.0.1, port: 9469}
+    flow_logs: {enabled: false, output: file, directory: /var/log/sgagent}   # or journal
 
 ``sgagent run`` without ``--config`` uses :func:`default_config`: a file source at
 ``/etc/sgagent/host.yaml`` and the defaults above.
@@ -221,6 +222,25 @@ class MetricsConfig(_Strict):
         return self
 
 
+class FlowLogsConfig(_Strict):
+    """Flow records of logged rules (SEMANTICS section 9): read from the kernel and written
+    as JSON lines to ``directory``/flows.log (rotated) or to the systemd journal."""
+    enabled: bool = False
+    output: Literal["file", "journal"] = "file"
+    directory: str = "/var/log/sgagent"
+    max_bytes: int = Field(default=64 << 20, ge=4096, le=1 << 40,
+                           description="rotate flows.log past this size")
+    backups: int = Field(default=5, ge=0, le=1000, description="rotated files kept")
+
+    @field_validator("directory")
+    @classmethod
+    def _directory(cls, v: str) -> str:
+        v = _expand(v)  # type: ignore[assignment]
+        if not v.startswith("/"):
+            raise ValueError(f"{v!r}: directory must be an absolute path")
+        return v
+
+
 class Config(_Strict):
     source: SourceConfig = SourceConfig(file=FileSource())
     backend: Literal["nftables", "iptables", "auto"] = "nftables"
@@ -229,6 +249,7 @@ class Config(_Strict):
     state_dir: str = DEFAULT_STATE_DIR
     revocation: bool = True
     metrics: MetricsConfig = MetricsConfig()
+    flow_logs: FlowLogsConfig = FlowLogsConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("netns")
