@@ -110,6 +110,7 @@ class Daemon:
         self.source: Source | None = None
         self.metrics_server: Any = None
         self.monitor: Any = None
+        self.flow_logs: Any = None
         self.applied: Applied | None = None
         self.desired: Snapshot | None = None
         self.ready = False
@@ -155,6 +156,7 @@ class Daemon:
             from .revoke import Revoker
             self.revoker = Revoker(self.cfg.netns)
         self._start_monitor()
+        self._start_flow_logs()
         saved = self.store.saved_time()
         if saved is not None:
             self.stats.state_saved(saved)
@@ -169,6 +171,7 @@ class Daemon:
 
     def _close(self) -> None:
         for what, fn in (("monitor", lambda: self.monitor and self.monitor.close()),
+                         ("flow logs", lambda: self.flow_logs and self.flow_logs.stop()),
                          ("source", lambda: self.source and self.source.stop()),
                          ("metrics", lambda: self.metrics_server and self.metrics_server.close()),
                          ("revoker", lambda: self.revoker and self.revoker.close()),
@@ -191,6 +194,23 @@ class Daemon:
             return
         self.monitor = monitor
 
+    def _start_flow_logs(self) -> None:
+        """Read the kernel's copies of logged packets and write flow records (SEMANTICS 9)."""
+        f = self.cfg.flow_logs
+        if not f.enabled:
+            return
+        from ..flowlog.reader import FlowLogReader
+        from ..flowlog.sink import FileSink, JournalSink
+        from ..ir import NFLOG_GROUP
+        try:
+            sink = (FileSink(f.directory, f.max_bytes, f.backups) if f.output == "file"
+                    else JournalSink())
+            self.flow_logs = FlowLogReader(sink, NFLOG_GROUP, None, self.cfg.netns).start()
+        except OSError as exc:  # enforcement goes on without it
+            log.error("flow logs not written: %s", exc)
+            return
+        log.info("flow logs to %s", f.directory if f.output == "file" else "the journal")
+
     def _start_metrics(self) -> None:
         m = self.cfg.metrics
         if not m.enabled:
@@ -205,7 +225,12 @@ class Daemon:
             if m.basic_auth is not None:
                 with open(m.basic_auth.password_file, encoding="utf-8") as fh:
                     auth = (m.basic_auth.username, fh.read().strip())
-            registry = build_registry(self.stats, self.backend.counters)
+            suppressed = None
+            if self.backend.name == "nftables":
+                from ..nft.logcounters import SuppressedReader
+                suppressed = SuppressedReader(self.cfg.netns)
+            registry = build_registry(self.stats, self.backend.counters,
+                                      flowlog=self.flow_logs, read_suppressed=suppressed)
             self.metrics_server = MetricsServer(registry, m.address, m.port,
                                                 tls_cert=m.tls_cert, tls_key=m.tls_key,
                                                 basic_auth=auth).start()
@@ -372,6 +397,8 @@ class Daemon:
         dt = time.perf_counter() - t0
         self.stats.apply_finished(dt, "success")
         self.stats.ruleset_applied(rs)
+        if self.flow_logs is not None:
+            self.flow_logs.instance = doc.host.instance
         generation = getattr(result, "generation", None)
         live = None
         if generation is None or self.monitor is None:
