@@ -31,7 +31,7 @@ from .. import __version__
 from ..ir import CounterKey
 from .stats import APPLY_BUCKETS, AgentStats
 
-__all__ = ["KernelCollector", "AgentCollector", "MonotonicCounters", "MetricsRegistry",
+__all__ = ["KernelCollector", "AgentCollector", "FlowLogCollector", "MonotonicCounters", "MetricsRegistry",
            "build_registry", "RULE_LABELS", "DEFAULT_LABELS", "CONTENT_TYPE"]
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,10 @@ _HELP = {
         "Packets decided by a NIC's default for a direction (no rule matched); policy accept "
         "also counts inner access.",
     "sgagent_default_bytes_total": "Bytes of the packets counted by sgagent_default_packets_total.",
+    "sgagent_audit_packets_total":
+        "Packets an audit rule (mode: audit) would have decided, per NIC and direction; "
+        "policy is what it would have done. It decided none of them.",
+    "sgagent_audit_bytes_total": "Bytes of the packets counted by sgagent_audit_packets_total.",
     "sgagent_scrape_errors_total":
         "Scrapes in which reading the kernel's counters failed (rule metrics were left out).",
     "sgagent_kernel_read_duration_seconds":
@@ -76,12 +80,13 @@ def rule_labels(key: CounterKey) -> tuple[str, ...]:
 
 
 class _State:
-    __slots__ = ("raw_p", "raw_b", "off_p", "off_b", "cur_p", "cur_b", "default", "labels",
-                 "labelstr")
+    __slots__ = ("raw_p", "raw_b", "off_p", "off_b", "cur_p", "cur_b", "default", "audit",
+                 "labels", "labelstr")
 
     def __init__(self, key: CounterKey) -> None:
         self.raw_p = self.raw_b = self.off_p = self.off_b = self.cur_p = self.cur_b = 0
         self.default = is_default(key)
+        self.audit = key.mode == "audit"
         self.labels = rule_labels(key)
         self.labelstr = _labelstr(DEFAULT_LABELS if self.default else RULE_LABELS, self.labels)
 
@@ -118,7 +123,8 @@ class MonotonicCounters:
         """Feed one complete read of the kernel (``CounterReading``s); return the current
         states, in reading order (``.packets``/``.bytes`` are the exported, monotonic values)."""
         return self.update_raw(((r.key.nic, r.key.direction, r.key.group, r.key.rule,
-                                 r.key.policy), r.key, r.packets, r.bytes) for r in readings)
+                                 r.key.policy, r.key.mode), r.key, r.packets, r.bytes)
+                               for r in readings)
 
     def update_raw(self, rows: Iterable[tuple]) -> list[_State]:
         """Like :meth:`update`, from ``(ident, key, packets, bytes)`` rows, where ``ident`` is
@@ -193,6 +199,8 @@ class KernelCollector:
             CounterMetricFamily("sgagent_rule_bytes", "", labels=RULE_LABELS),
             CounterMetricFamily("sgagent_default_packets", "", labels=DEFAULT_LABELS),
             CounterMetricFamily("sgagent_default_bytes", "", labels=DEFAULT_LABELS),
+            CounterMetricFamily("sgagent_audit_packets", "", labels=RULE_LABELS),
+            CounterMetricFamily("sgagent_audit_bytes", "", labels=RULE_LABELS),
             CounterMetricFamily("sgagent_scrape_errors", ""),
             GaugeMetricFamily("sgagent_kernel_read_duration_seconds", ""),
         ]
@@ -207,11 +215,15 @@ class KernelCollector:
                                  _HELP["sgagent_default_packets_total"], labels=DEFAULT_LABELS)
         db = CounterMetricFamily("sgagent_default_bytes", _HELP["sgagent_default_bytes_total"],
                                  labels=DEFAULT_LABELS)
+        ap = CounterMetricFamily("sgagent_audit_packets", _HELP["sgagent_audit_packets_total"],
+                                 labels=RULE_LABELS)
+        ab = CounterMetricFamily("sgagent_audit_bytes", _HELP["sgagent_audit_bytes_total"],
+                                 labels=RULE_LABELS)
         for st in states or ():
-            p, b = (dp, db) if st.default else (rp, rb)
+            p, b = (dp, db) if st.default else (ap, ab) if st.audit else (rp, rb)
             p.add_metric(st.labels, st.packets)
             b.add_metric(st.labels, st.bytes)
-        yield from (rp, rb, dp, db)
+        yield from (rp, rb, dp, db, ap, ab)
         yield CounterMetricFamily("sgagent_scrape_errors", _HELP["sgagent_scrape_errors_total"],
                                   value=errors)
         yield GaugeMetricFamily("sgagent_kernel_read_duration_seconds",
@@ -222,8 +234,9 @@ class KernelCollector:
         states, errors, duration = self._scrape()
         rules: list[_State] = []
         defaults: list[_State] = []
+        audits: list[_State] = []
         for st in states or ():
-            (defaults if st.default else rules).append(st)
+            (defaults if st.default else audits if st.audit else rules).append(st)
         out: list[str] = []
 
         def family(name: str, kind: str, items: list, attr_p: bool) -> None:
@@ -237,6 +250,8 @@ class KernelCollector:
         family("sgagent_rule_bytes_total", "counter", rules, False)
         family("sgagent_default_packets_total", "counter", defaults, True)
         family("sgagent_default_bytes_total", "counter", defaults, False)
+        family("sgagent_audit_packets_total", "counter", audits, True)
+        family("sgagent_audit_bytes_total", "counter", audits, False)
         out.append("# HELP sgagent_scrape_errors_total "
                    f"{_HELP['sgagent_scrape_errors_total']}\n"
                    "# TYPE sgagent_scrape_errors_total counter\n"
@@ -358,14 +373,59 @@ class MetricsRegistry(CollectorRegistry):
         return "".join(parts).encode()
 
 
+class FlowLogCollector:
+    """Flow logs (SEMANTICS section 9): records the reader wrote and lost, and per logged
+    decision the records its rate limit suppressed (read from the kernel once per scrape
+    through ``read_suppressed``; monotonic like the rule counters)."""
+
+    def __init__(self, reader=None, read_suppressed: Callable[[], list] | None = None) -> None:
+        self._reader = reader
+        self._read = read_suppressed
+        self._lock = threading.Lock()
+        self._mono = MonotonicCounters()
+
+    def describe(self) -> list:
+        return [CounterMetricFamily("sgagent_log_records", ""),
+                CounterMetricFamily("sgagent_log_lost", ""),
+                CounterMetricFamily("sgagent_log_suppressed", "", labels=RULE_LABELS)]
+
+    def collect(self):
+        if self._reader is not None:
+            yield CounterMetricFamily("sgagent_log_records",
+                                      "Flow records the agent wrote.", value=self._reader.records)
+            yield CounterMetricFamily("sgagent_log_lost",
+                                      "Times the kernel dropped logged packets because the "
+                                      "reader fell behind (each may be many records).",
+                                      value=self._reader.lost)
+        fam = CounterMetricFamily("sgagent_log_suppressed",
+                                  "Flow records a logged rule's rate limit held back, per NIC "
+                                  "and direction (group and rule empty: the NIC's default).",
+                                  labels=RULE_LABELS)
+        if self._read is not None:
+            with self._lock:
+                try:
+                    states = self._mono.update(self._read())
+                except Exception as exc:  # noqa: BLE001 - never break the other metrics
+                    log.warning("metrics: reading the suppressed-record counters failed: %s", exc)
+                    states = []
+            for st in states:
+                labels = st.labels if not st.default else ("", "default", *st.labels)
+                fam.add_metric(labels, st.packets)
+        yield fam
+
+
 def build_registry(stats: AgentStats, read_counters: Callable[[], list], *,
-                   process: bool = True) -> MetricsRegistry:
+                   process: bool = True, flowlog=None,
+                   read_suppressed: Callable[[], list] | None = None) -> MetricsRegistry:
     """A registry with the kernel's hit counters (read once per scrape through
-    ``read_counters``), the agent's health from ``stats`` and (``process``) the standard
-    ``process_*`` metrics of this process."""
+    ``read_counters``), the agent's health from ``stats``, flow-log figures (``flowlog``, the
+    daemon's reader, and ``read_suppressed``) and (``process``) the standard ``process_*``
+    metrics of this process."""
     registry = MetricsRegistry()
     registry.register(AgentCollector(stats))
     registry.register(KernelCollector(read_counters))
+    if flowlog is not None or read_suppressed is not None:
+        registry.register(FlowLogCollector(flowlog, read_suppressed))
     if process:
         ProcessCollector(registry=registry)
     return registry
