@@ -333,6 +333,34 @@ def make_packet(doc: Document, nic: str, direction: str, peer: str, protocol: st
 
 
 @command()
+def logs(directory: Path = typer.Option(Path("/var/log/sgagent"), "--dir", metavar="DIR",
+                                        help="where the daemon writes flows.log"),
+         rule: Optional[str] = typer.Option(None, "--rule", metavar="ID", help="rule id"),
+         group: Optional[str] = typer.Option(None, "--group", metavar="NAME", help="group"),
+         verdict: Optional[str] = typer.Option(
+             None, "--verdict", metavar="VERDICT",
+             help="accept | drop | reject | would-accept | would-drop | would-reject | would"),
+         peer: Optional[str] = typer.Option(None, "--peer", metavar="ADDRESS|CIDR",
+                                            help="remote side"),
+         since: Optional[str] = typer.Option(None, "--since", metavar="WHEN",
+                                             help="30s, 10m, 2h, 1d or an ISO 8601 time"),
+         follow: bool = typer.Option(False, "--follow", "-f", help="wait for new records"),
+         as_json: bool = typer.Option(False, "--json", help="one JSON object per line")) -> None:
+    """Flow records of logged and audit rules (SEMANTICS section 9), filtered."""
+    from .flowlog import query
+    try:
+        keep = query.make_filter(rule, group, verdict, peer, since)
+    except query.QueryError as exc:
+        raise UserError(str(exc)) from None
+    if not directory.is_dir():
+        raise UserError(f"--dir: {directory} is not a directory (flow_logs.directory of the "
+                        "daemon's config; with output: journal, use journalctl -t sgagent-flow)")
+    records = query.follow(directory, keep) if follow else query.read(directory, keep)
+    for rec in records:
+        typer.echo(json.dumps(rec, separators=(",", ":")) if as_json else query.text(rec))
+
+
+@command()
 def status(netns: Optional[str] = NetnsOpt,
            as_json: bool = typer.Option(False, "--json", help="print JSON"),
            backend: str = typer.Option("nftables", metavar="NAME", help="nftables | iptables | auto")) -> None:
