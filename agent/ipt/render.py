@@ -222,7 +222,15 @@ class _ChainRenderer:
             return [f"-g {self.tail()}"]
         classes = {n: self.class_chain(row) for row, n in index.items()}
         bits = max(index.values()).bit_length()
-        sets = [self._bit_set(k, exact, ranges) for k in range(bits)]
+        # each address and range written once, whatever the number of bits
+        nets = [cidrs(lo, hi, self.family) for lo, hi, _ in ranges]
+        starts = [lo for lo, _, _ in ranges]
+        points = []  # (address, class, class of the range around it)
+        for a, n in exact:
+            i = bisect.bisect_right(starts, a) - 1
+            around = ranges[i][2] if i >= 0 and ranges[i][1] >= a else 0
+            points.append((ntoa(a, self.family), n, around))
+        sets = [self._bit_set(1 << k, ranges, nets, points) for k in range(bits)]
         return [f"-g {self._node(bits - 1, 0, sets, classes, max(index.values()))}"]
 
     @staticmethod
@@ -231,20 +239,15 @@ class _ChainRenderer:
             return 0
         return index.setdefault(row, len(index) + 1)
 
-    def _bit_set(self, k: int, exact, ranges) -> str:
-        bit = 1 << k
-        elements = []
-        starts = [lo for lo, _, _ in ranges]
-        for lo, hi, n in ranges:
+    def _bit_set(self, bit: int, ranges, nets, points) -> str:
+        """The addresses whose class has ``bit``: ranges as networks; single addresses as
+        such, or as ``nomatch`` where they lack the bit the range around them has."""
+        elements = [net for (_, _, n), ns in zip(ranges, nets) if n & bit for net in ns]
+        for addr, n, around in points:
             if n & bit:
-                elements += cidrs(lo, hi, self.family)
-        for a, n in exact:
-            if n & bit:
-                elements.append(ntoa(a, self.family))
-                continue
-            i = bisect.bisect_right(starts, a) - 1
-            if i >= 0 and ranges[i][1] >= a and ranges[i][2] & bit:
-                elements.append(f"{ntoa(a, self.family)} nomatch")
+                elements.append(addr)
+            elif around & bit:
+                elements.append(f"{addr} nomatch")
         return self.t.add_set(IpSet("hash:net", self.family, tuple(sorted(elements))))
 
     def _node(self, k: int, value: int, sets: list[str], classes: dict[int, str],
