@@ -23,7 +23,7 @@ decide nothing and are neither shadowed nor shadowing.  Pure: no kernel, no back
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from .compiler import compile_document
 from .ir import Chain, CounterKey, Decision
@@ -153,19 +153,6 @@ def _and(names) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
-def enforced(chain: Chain) -> Chain:
-    """The chain with its audit decisions' matches emptied: they decide nothing (the indices
-    stay those of ``chain.decisions``)."""
-    if not any(_audit(d) for d in chain.decisions):
-        return chain
-    return replace(chain, decisions=tuple(d._replace(matches=()) if _audit(d) else d
-                                          for d in chain.decisions))
-
-
-def _audit(d: Decision) -> bool:
-    return d.audit
-
-
 class Painting:
     """A chain's enforced decisions painted first-match per family (the plans the set
     rendering is built from), and what lint and verify ask of it: which decisions decide some
@@ -173,7 +160,7 @@ class Painting:
 
     def __init__(self, chain: Chain, groups: dict) -> None:
         self.chain = chain
-        self.plans: dict[int, Plan] = plan_chain(enforced(chain), groups)
+        self.plans: dict[int, Plan] = plan_chain(chain, groups)  # audit rules left out
         self._starts = {f: [s[0] for s in p.segments] for f, p in self.plans.items()}
         self._points = {f: p.points() for f, p in self.plans.items()}
         self.won: set[int] = set()
@@ -227,7 +214,7 @@ def _chain_notes(doc: Document, painting: Painting,
     refusing_max = 0  # the worst priority of a refusing rule so far (sequential documents)
     for i, d in enumerate(chain.decisions):
         key = d.counter
-        if key.group is None or _audit(d):
+        if key.group is None or d.audit:
             continue
         notes = per_rule.setdefault((key.group, key.rule), _RuleNotes())
         same = (d.action, frozenset(d.matches))
