@@ -6,7 +6,8 @@ A simulated agent does, against the etcd gateway (``/v3/...``), what ``sgagent r
 etcd source and ``register: true`` does, minus the kernel:
 
 * at start: the full read (three ranges at one revision: ``hosts/``, ``groups/``,
-  ``endpoints/``), then three watches from the next revision, then its registration (a lease
+  ``endpoints/``), then one watch over them from the next revision (``endpoints/`` to the end
+  of ``hosts/``, as the agent does), then its registration (a lease
   granted, ``endpoints/<host>`` written on it), then a keep-alive every TTL/3;
 * then it only listens.
 
@@ -173,7 +174,7 @@ def populate(port: int, agents: int) -> None:
 
 
 # -- a worker process: its agents' start-up, then their streams -------------------------------
-def start_agent(port: int, i: int) -> tuple[list[tuple[str, int]], int, int, float]:
+def start_agent(port: int, i: int) -> tuple[list[tuple[str, str, int]], int, int, float]:
     """What an agent does at start: the full read, the registration; returns its watch
     requests (prefix, start revision), the lease, the bytes read and the seconds taken."""
     t0 = time.monotonic()
@@ -190,12 +191,12 @@ def start_agent(port: int, i: int) -> tuple[list[tuple[str, int]], int, int, flo
                               f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}"],
                               "eth1": []}}))})
     c.c.close()
-    return ([(f"{P}/{s}/", rev + 1) for s in ("hosts", "groups", "endpoints")], lease,
-            c.received, time.monotonic() - t0)
+    return ([(f"{P}/endpoints/", f"{P}/hosts0", rev + 1)], lease, c.received,
+            time.monotonic() - t0)
 
 
-def watch_request(port: int, prefix: str, start: int) -> bytes:
-    body = json.dumps({"create_request": {"key": b64(prefix), "range_end": b64(prefix_end(prefix)),
+def watch_request(port: int, key: str, end: str, start: int) -> bytes:
+    body = json.dumps({"create_request": {"key": b64(key), "range_end": b64(end),
                                           "start_revision": start}}).encode()
     return (f"POST /v3/watch HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: "
             f"application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
@@ -244,9 +245,9 @@ def worker(port: int, ids: list[int], conn: Any) -> None:
             startup_read += nread
             durations.append(dt)
             leases[i] = lease
-            for prefix, start in watches:
+            for key, end, start in watches:
                 s = socket.create_connection(("127.0.0.1", port))
-                s.sendall(watch_request(port, prefix, start))
+                s.sendall(watch_request(port, key, end, start))
                 s.setblocking(False)
                 sel.register(s, selectors.EVENT_READ, i)
     conn.send({"started": time.monotonic() - started, "startup_bytes": startup_read,
