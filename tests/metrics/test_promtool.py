@@ -60,7 +60,7 @@ def test_promtool_check_rules(promtool):
     proc = subprocess.run([promtool, "check", "rules", str(MONITORING / "sgagent-alerts.yml")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 8 rules found" in proc.stdout
+    assert "SUCCESS: 9 rules found" in proc.stdout
 
 
 def test_promtool_test_rules(promtool):
