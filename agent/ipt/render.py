@@ -131,6 +131,13 @@ def render(rs: Ruleset, rendering: str = "sets") -> Tables:
             body = r.lookup(plans[family]) if plans else r.linear()
             t.chains[family][nic_chain(chain.nic, chain.direction)] = \
                 tuple(preamble(chain.direction, family) + body)
+    # Decisions no rule renders (painted over everywhere by those before them) still have a
+    # counter, at zero: a chain nothing jumps to holds a rule with their comment each.
+    missing = [k for c in rs.chains for k in c.counters if comment_of(k) not in t.counters]
+    if missing:
+        rules = [f"-m comment --comment {comment_of(k)} -j RETURN" for k in missing]
+        t.add_chain(4, rules, "z")
+        t.counters.update((comment_of(k), k) for k in missing)
     for family in FAMILIES:
         for hook, dirs in (("INPUT", ["inbound"]), ("FORWARD", ["inbound", "outbound"]),
                            ("OUTPUT", ["outbound"])):

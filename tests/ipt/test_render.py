@@ -155,3 +155,19 @@ def test_save_parsing_keeps_only_sgagent_and_reads_counters():
     assert s.hooked == {"INPUT"} and s.foreign == 1
     assert list(s.chains) == ["sgagent-k-1", "sgagent-t-1"]
     assert s.counters() == {key: (8, 800)}
+
+
+@pytest.mark.parametrize("rendering", ["sets", "linear"])
+def test_a_decision_painted_over_everywhere_still_has_its_counter(rendering):
+    raw = {"version": 1, "host": {"instance": "i", "account": "1", "network": "vpc",
+                                  "nics": [{"name": "eth0", "role": "vpc",
+                                            "security_groups": ["sg"]}]},
+           "security_groups": {"sg": {"rules": [
+               {"id": "first", "direction": "inbound", "protocol": "tcp", "ports": 22,
+                "source": "10.0.0.0/8", "priority": 1},
+               {"id": "shadowed", "direction": "inbound", "protocol": "tcp", "ports": 22,
+                "source": "10.1.0.0/16", "priority": 2}]}}}
+    rs = compile_document(parse_data(raw))
+    t = render(rs, rendering)
+    assert set(t.counters.values()) == {k for c in rs.chains for k in c.counters}
+    assert any(k.rule == "shadowed" for k in t.counters.values())
