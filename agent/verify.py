@@ -191,15 +191,17 @@ def coverage(doc: Document, probes: "ProbePlan", report: "Report") -> Coverage:
 class Report:
     rows: list[Row]
     stray: list[tuple[CounterKey, int]] = field(default_factory=list)
+    # audit counters that moved less than the probes that reached them: (key, delta, probes)
+    unaudited: list[tuple[CounterKey, int, int]] = field(default_factory=list)
     coverage: Coverage | None = None
 
     @property
     def ok(self) -> bool:
-        return all(r.ok for r in self.rows) and not self.stray
+        return all(r.ok for r in self.rows) and not self.stray and not self.unaudited
 
     @property
     def mismatches(self) -> int:
-        return sum(not r.ok for r in self.rows) + len(self.stray)
+        return sum(not r.ok for r in self.rows) + len(self.stray) + len(self.unaudited)
 
     def summary(self) -> str:
         bad = self.mismatches
@@ -224,6 +226,10 @@ class Report:
 
     def stray_lines(self) -> list[str]:
         lines = []
+        for key, delta, n in self.unaudited:
+            lines.append(f"X counter {key.nic} {key.direction} {key.group}/{key.rule} (audit, "
+                         f"would {key.policy}) moved by {delta} but {n} probe"
+                         f"{'s' if n != 1 else ''} reached it")
         for key, delta in self.stray:
             who = f"{key.group}/{key.rule}" if key.group else key.rule
             lines.append(f"X counter {key.nic} {key.direction} {who} ({key.policy}) moved by "
@@ -262,6 +268,7 @@ class Report:
                       "oracle_ok": r.oracle_ok, "counter_ok": r.counter_ok, "delta": r.delta}
                      for r in self.rows],
             "stray": [{**k._asdict(), "delta": d} for k, d in self.stray],
+            "unaudited": [{**k._asdict(), "delta": d, "probes": n} for k, d, n in self.unaudited],
         }, indent=2)
 
 
@@ -324,8 +331,8 @@ def compare(doc: Document, expectations: list[Expectation], observed: list[str],
         rows.append(Row(e, seen, v, counter_of(e, v)))
     decided = Counter(r.counter for r in rows if r.counter is not None)
     # Audit rules count the packets that reach them (SEMANTICS section 9), deciding none.
-    audited = {CounterKey(r.expect.nic, r.expect.direction, a.group, a.rule, a.policy, "audit")  # type: ignore[arg-type]
-               for r in rows for a in r.oracle.audits}
+    audited = Counter(CounterKey(r.expect.nic, r.expect.direction, a.group, a.rule, a.policy,  # type: ignore[arg-type]
+                                 "audit") for r in rows for a in r.oracle.audits)
     deltas = {k: after.get(k, 0) - before.get(k, 0) for k in set(before) | set(after)}
     for r in rows:
         if r.counter is None:
@@ -337,7 +344,12 @@ def compare(doc: Document, expectations: list[Expectation], observed: list[str],
     stray = sorted(((k, d) for k, d in deltas.items()
                     if d and k not in decided and k not in audited),
                    key=lambda kd: (kd[0].nic, kd[0].direction, kd[0].group or "", kd[0].rule))
-    return Report(rows, stray)
+    # Each probe that reaches an audit rule moves its counter (a refused one maybe more than
+    # once: retransmissions reach it again).
+    unaudited = sorted(((k, deltas.get(k, 0), n) for k, n in audited.items()
+                        if deltas.get(k, 0) < n),
+                       key=lambda t: (t[0].nic, t[0].direction, t[0].group or "", t[0].rule))
+    return Report(rows, stray, unaudited=unaudited)
 
 
 def _counts(backend) -> dict[CounterKey, int]:

@@ -199,3 +199,43 @@ def test_generated_documents_every_rule_lint_does_not_call_shadowed_gets_a_probe
             elif r["id"] not in by:
                 why = reasons(probes).get(r["id"], "")
                 assert why.startswith(("decides only", "can never match")), (r["id"], why, data)
+
+
+AUDIT = {"id": "trial", "direction": "inbound", "policy": "drop", "protocol": "tcp",
+         "ports": 22, "source": "0.0.0.0/0", "mode": "audit"}
+OFFICE = {"id": "office", "direction": "inbound", "protocol": "tcp", "ports": 22,
+          "source": "198.51.100.0/24", "priority": 2}
+
+
+def test_audit_counters_move_with_the_probes_that_reach_them(tmp_path):
+    """An audit rule decides nothing, so it is no row of the coverage; its counter must move
+    for every probe that reaches it (real packets), and nothing is taken for a stray counter."""
+    f = write(tmp_path, document(AUDIT, OFFICE))
+    r = sgagent("verify", "--json", "--strict", f)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = json.loads(r.stdout)
+    assert out["ok"] and out["stray"] == [] and out["unaudited"] == []
+    assert set(entries(out)) == {"office"}
+
+
+def test_an_audit_counter_that_did_not_move_is_a_mismatch():
+    from sgagent.ir import CounterKey
+    from sgagent.load import parse_data
+    from sgagent.verify import compare, plan_probes
+    doc = parse_data(document(AUDIT, OFFICE))
+    probes = plan_probes(doc)
+    reaching = [e for e, v in zip(probes.expectations, probes.verdicts) if v.audits]
+    assert reaching  # tcp 22 from anywhere reaches the audit rule first
+    observed = [e.outcome for e in probes.expectations]
+    key = CounterKey("eth0", "inbound", "sg", "trial", "drop", "audit")
+    decided: dict = {}
+    for e, v in zip(probes.expectations, probes.verdicts):
+        k = CounterKey(e.nic, e.direction, v.group, v.rule, v.verdict)
+        decided[k] = decided.get(k, 0) + 1
+    moved = compare(doc, probes.expectations, observed, {}, {**decided, key: len(reaching)},
+                    probes.verdicts)
+    assert moved.ok, moved.table()
+    still = compare(doc, probes.expectations, observed, {}, {**decided, key: 0}, probes.verdicts)
+    assert not still.ok and still.unaudited == [(key, 0, len(reaching))]
+    assert f"X counter eth0 inbound sg/trial (audit, would drop) moved by 0 but " \
+           f"{len(reaching)} probes reached it" in still.table()
