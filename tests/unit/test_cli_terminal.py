@@ -7,8 +7,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import subprocess
-import sys
 
 import pytest
 
@@ -17,7 +15,7 @@ import yaml
 from sgagent import netns
 
 from ._docs import raw, rule
-from ._terminal import ROOT, run
+from ._terminal import run
 from .test_startup import command, loaded
 
 ESC = "\x1b["
@@ -80,8 +78,7 @@ def test_a_command_in_a_pipe_does_not_import_rich(tmp_path):
 
 
 def test_no_command_is_a_usage_error_with_the_help_on_stderr():
-    r = subprocess.run([sys.executable, "-m", "sgagent"], capture_output=True, text=True,
-                       cwd=ROOT, timeout=60)
+    r = run()
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.startswith("Usage: sgagent [OPTIONS] COMMAND [ARGS]...")
     assert "validate" in r.stderr and "lint" in r.stderr and "Traceback" not in r.stderr
