@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SGAGENT = Path(sys.executable).with_name("sgagent")
 EXAMPLE = ROOT / "examples" / "defaults-tencent.yaml"
 COMMANDS = ["validate", "schema", "compile", "apply", "diff", "explain", "status", "flush",
-            "verify", "run", "completion"]
+            "verify", "lint", "run", "completion"]
 
 
 def sgagent(*args, env: dict | None = None) -> subprocess.CompletedProcess:
