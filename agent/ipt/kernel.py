@@ -24,7 +24,7 @@ from .. import netns
 from ..backend.kernel import CounterReading, Refused
 from .names import PREFIX, ROOTS
 from .render import FAMILIES, Tables
-from .rules import Saved, parse_ipset_save, parse_save, restore_script, unhook_script
+from .rules import Saved, counters_in, parse_ipset_save, parse_save, restore_script, unhook_script
 
 VARIANTS = ("legacy", "nft")
 TIMEOUT = 120
@@ -78,7 +78,8 @@ class IptKernel:
         (a decision counts in both families: the sum)."""
         total: dict = {}
         for family in FAMILIES:
-            for key, (p, b) in self.save(family).counters().items():
+            text = self.run([self.tool(family, "save"), "-t", "filter", "-c"])
+            for key, (p, b) in counters_in(text).items():
                 op, ob = total.get(key, (0, 0))
                 total[key] = (op + p, ob + b)
         return [CounterReading(k, p, b) for k, (p, b) in total.items()]

@@ -17,7 +17,7 @@ from sgagent.evaluator import Packet as EvPacket
 from sgagent.evaluator import evaluate
 from sgagent.ipt.names import comment_of, key_of
 from sgagent.ipt.render import RenderError, cidrs, render
-from sgagent.ipt.rules import Saved, normal_rule, parse_save, restore_script
+from sgagent.ipt.rules import Saved, counters_in, normal_rule, parse_save, restore_script
 from sgagent.ir import CounterKey
 from sgagent.load import load_file, parse_data
 
@@ -154,7 +154,7 @@ def test_save_parsing_keeps_only_sgagent_and_reads_counters():
     s = parse_save(text)
     assert s.hooked == {"INPUT"} and s.foreign == 1
     assert list(s.chains) == ["sgagent-k-1", "sgagent-t-1"]
-    assert s.counters() == {key: (8, 800)}
+    assert s.counters() == {key: (8, 800)} == counters_in(text)
 
 
 @pytest.mark.parametrize("rendering", ["sets", "linear"])
