@@ -354,3 +354,40 @@ def test_hostile_fleet_files_are_refused_under_limits(tmp_path: Path):
                            preexec_fn=limits)
         assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
         assert says in p.stderr, p.stderr
+
+
+def test_a_restart_within_the_ttl_keeps_the_registration_and_etcd_restarts_are_ridden_out(
+        etcd, tmp_path: Path):
+    cfg = EtcdConfig(endpoints=[etcd.url], prefix=P, host="h1", timeout=2)
+    src = EtcdSource(cfg, lambda ev: None)
+    key = f"{P}/endpoints/h1"
+
+    def registered() -> Any:
+        held = keys(etcd).get(key)
+        return json.loads(held[1]) if held else None
+
+    first = Registration(src._client, P, "h1", 2, FakeWatch({"eth0": ["10.0.0.1"]}))
+    first.start()
+    first.follow(["eth0"])
+    wait_until(registered, 5, what="registration")
+    # the agent restarts: the new registration is written over the old one before that lease
+    # runs out, so the key never goes
+    first.stop()
+    watch = FakeWatch({"eth0": ["10.0.0.1"]})
+    second = Registration(src._client, P, "h1", 2, watch)
+    second.start()
+    second.follow(["eth0"])
+    wait_until(lambda: second.lease is not None, 5, what="a new lease")
+    deadline = time.monotonic() + 4   # twice the TTL of the first lease
+    while time.monotonic() < deadline:
+        assert registered() == {"nics": {"eth0": ["10.0.0.1"]}}
+        time.sleep(0.1)
+    # etcd restarts: the registration stays (etcd keeps its leases), and a later change of the
+    # addresses is written once etcd is back
+    etcd.kill()
+    time.sleep(1)
+    etcd.start()
+    watch.change({"eth0": ["10.0.0.7"]})
+    wait_until(lambda: registered() == {"nics": {"eth0": ["10.0.0.7"]}}, 15,
+               what="the new address after the etcd restart")
+    second.stop()
