@@ -36,6 +36,7 @@ class IptBackend:
         self.netns_name = netns_name
         self.rendering = rendering
         self.kernel = kernel
+        self._last: tuple[Ruleset, Tables] | None = None
 
     @property
     def variant(self) -> str:
@@ -82,10 +83,17 @@ class IptBackend:
 
     # -- writing --------------------------------------------------------------------------
     def render(self, rs: Ruleset) -> Tables:
+        """The tables for ``rs``; the last ones again when ``rs`` is the last ruleset (a
+        repair, a retry: rendering 10,000 rules costs seconds)."""
+        last = self._last
+        if last is not None and (last[0] is rs or last[0] == rs):
+            return last[1]
         try:
-            return render(rs, self.rendering)
+            tables = render(rs, self.rendering)
         except RenderError as exc:
             raise ApplyError(str(exc)) from None
+        self._last = (rs, tables)
+        return tables
 
     def apply(self, rs: Ruleset, *, dry_run: bool = False, full: bool = False) -> ApplyResult:
         tables = self.render(rs)
