@@ -39,9 +39,11 @@ class FlowLogReader:
         return self
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while True:
+            got = False
             try:
                 for pkt in self._sock.packets():
+                    got = True
                     tag = decode(pkt.prefix)
                     if tag is None:
                         self.skipped += 1
@@ -50,7 +52,10 @@ class FlowLogReader:
                     self.records += 1
             except OSError as exc:  # a sink that cannot be written: said, and tried again
                 log.warning("flow log: %s", exc)
-                self._stop.wait(1.0)
+                if self._stop.wait(1.0):
+                    return
+            if not got and self._stop.is_set():  # stopped, and what was queued is written
+                return
 
     def stop(self) -> None:
         self._stop.set()

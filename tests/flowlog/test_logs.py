@@ -14,7 +14,7 @@ NOW = time.time()
 
 
 def rec(i: int, **kw) -> dict:
-    r = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(NOW - 3600 + i)) + ".000Z",
+    r = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(NOW - 1800 + i)) + ".000Z",
          "nic": "eth0", "direction": "inbound", "src": f"198.51.100.{i}", "dst": "192.0.2.10",
          "protocol": "tcp", "sport": 40000 + i, "dport": 23, "verdict": "drop",
          "group": "sg-a", "rule": "no-telnet", "instance": "i-1"}
