@@ -62,7 +62,9 @@ def run(*args, tty_stdout: bool = False, tty_stderr: bool = False, env: dict | N
             else:
                 proc.kill()
                 raise AssertionError(f"sgagent {args} ran over {timeout} s")
-            rc = proc.wait(timeout=10)
+            # the terminal may be closed long before the end (no stream on it, or it is done
+            # writing): the rest of the time is the command's
+            rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
         finally:
             os.close(master)
             if proc.poll() is None:
