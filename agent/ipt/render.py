@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from ..allowances import DHCP_PORTS, LINK_ICMPV6
 from ..ir import Chain, CounterKey, Decision, GroupSet, Match, Ruleset
-from ..partition import Painted
+from ..partition import Painted, overlay
 from ..peerclass import ICMP, TCP, UDP, Plan, other_protocols, plan_chain
 from .names import ROOTS, comment_of, content_chain, content_set, interface_problem, nic_chain
 
@@ -38,6 +38,7 @@ _IFACE = {"inbound": "-i", "outbound": "-o"}
 _ICMP = {4: ("icmp", "--icmp-type", "icmp-admin-prohibited"),
          6: ("ipv6-icmp", "--icmpv6-type", "icmp6-adm-prohibited")}
 _BITS = {4: 32, 6: 128}
+INLINE_CLASS = 4  # rules of a class written into its lookup node instead of a chain
 
 
 class RenderError(ValueError):
@@ -219,32 +220,47 @@ class _ChainRenderer:
 
     # -- sets -------------------------------------------------------------------------------
     def lookup(self, plan: Plan) -> list[str]:
-        """Look the peer up: the class number's bits in ipsets, then the class chain."""
+        """Look the peer up: the class number's bits in ipsets, then the class chain.  A
+        class is a row, or -- for a single address inside a range -- the row where it differs
+        from the range's, then the range's class (as nftables' overlay chains)."""
         points = sorted(set(plan.singles()) | set(plan.points()))
         intervals = plan.intervals()
-        index: dict[Painted, int] = {}
-        exact = [(a, self._number(index, plan.row_at(a))) for a in points]
-        ranges = [(lo, hi, self._number(index, row)) for lo, hi, row in intervals]
+        index: dict[tuple, int] = {}
+        ranges = [(lo, hi, self._number(index, (row, ()))) for lo, hi, row in intervals]
+        starts = [lo for lo, _, _ in intervals]
+        points_out = []  # (address, class, class of the range around it)
+        for a in points:
+            i = bisect.bisect_right(starts, a) - 1
+            inside = i >= 0 and intervals[i][1] >= a
+            base = intervals[i][2] if inside else ()
+            row = plan.row_at(a)
+            n = self._number(index, (row, base) if row != base else (row, ()))
+            points_out.append((ntoa(a, self.family), n, ranges[i][2] if inside else 0))
         if not index:
             return [f"-g {self.tail()}"]
-        classes = {n: self.class_chain(row) for row, n in index.items()}
-        bits = max(index.values()).bit_length()
-        # each address and range written once, whatever the number of bits
-        nets = [cidrs(lo, hi, self.family) for lo, hi, _ in ranges]
-        starts = [lo for lo, _, _ in ranges]
-        points = []  # (address, class, class of the range around it)
-        for a, n in exact:
-            i = bisect.bisect_right(starts, a) - 1
-            around = ranges[i][2] if i >= 0 and ranges[i][1] >= a else 0
-            points.append((ntoa(a, self.family), n, around))
-        sets = [self._bit_set(1 << k, ranges, nets, points) for k in range(bits)]
-        return [f"-g {self._node(bits - 1, 0, sets, classes, max(index.values()))}"]
+        classes = {n: key for key, n in index.items()}
+        top = max(index.values())
+        nets = [cidrs(lo, hi, self.family) for lo, hi, _ in ranges]  # once for every bit
+        sets = [self._bit_set(1 << k, ranges, nets, points_out) for k in range(top.bit_length())]
+        return [f"-g {self._node(top.bit_length() - 1, 0, sets, classes, top)}"]
+
+    def key_rules(self, key: tuple) -> list[str]:
+        row, base = key
+        if not base:
+            return self.class_rules(row)
+        return self.class_rules(overlay(row, base), self.class_chain(base))
+
+    def key_chain(self, key: tuple) -> str:
+        row, base = key
+        if not base:
+            return self.class_chain(row)
+        return self.t.add_chain(self.family, self.key_rules(key), "k")
 
     @staticmethod
-    def _number(index: dict[Painted, int], row: Painted) -> int:
-        if not row:
+    def _number(index: dict[tuple, int], key: tuple) -> int:
+        if not key[0] and not key[1]:
             return 0
-        return index.setdefault(row, len(index) + 1)
+        return index.setdefault(key, len(index) + 1)
 
     def _bit_set(self, bit: int, ranges, nets, points) -> str:
         """The addresses whose class has ``bit``: ranges as networks; single addresses as
@@ -257,12 +273,22 @@ class _ChainRenderer:
                 elements.append(f"{addr} nomatch")
         return self.t.add_set(IpSet("hash:net", self.family, tuple(sorted(elements))))
 
-    def _node(self, k: int, value: int, sets: list[str], classes: dict[int, str],
+    def _node(self, k: int, value: int, sets: list[str], classes: dict[int, tuple],
               top: int) -> str:
-        """The chain deciding bits k..0 of the class number, bits above being ``value``."""
+        """The chain deciding bits k..0 of the class number, bits above being ``value``.
+        At the last bit, two small classes are written into the node itself (the rules of the
+        one with the bit each test it), so that most classes need no chain of their own:
+        iptables-nft-restore slows down with the square of the number of chains."""
         if k < 0:
-            return classes.get(value) or self.tail()
+            return self.key_chain(classes[value]) if value in classes else self.tail()
         one, zero = value | 1 << k, value
+        if k == 0:
+            both = [self.key_rules(classes[v]) if v in classes else [f"-g {self.tail()}"]
+                    for v in (one, zero)]
+            if one <= top and all(len(r) <= INLINE_CLASS for r in both):
+                test = f"-m set --match-set {sets[0]} {self.addr}"
+                return self.t.add_chain(self.family, [_with(r, test) for r in both[0]]
+                                        + both[1], "n")
         rules = []
         if one <= top:
             rules.append(f"-m set --match-set {sets[k]} {self.addr} "
@@ -273,7 +299,12 @@ class _ChainRenderer:
         return self.t.add_chain(self.family, rules, "n")
 
     def class_chain(self, row: Painted) -> str:
-        """Decide by protocol and port or ICMP type; what no box covers goes to the tail."""
+        return self.t.add_chain(self.family, self.class_rules(row), "k")
+
+    def class_rules(self, row, after: str | None = None) -> list[str]:
+        """Decide by protocol and port or ICMP type; what no box covers goes on to ``after``
+        (the tail by default).  A box's owner None: the tail."""
+        after = after or self.tail()
         icmp = ICMP[self.family]
         l4, flag, _ = _ICMP[self.family]
         icmp_module = "icmp" if self.family == 4 else "icmp6"
@@ -301,7 +332,7 @@ class _ChainRenderer:
                 other.setdefault(owner, []).append((lo, hi))
         rules = tcpudp + icmps
         if other:
-            rules += [f"-p {p} -g {self.tail()}" for p in ("tcp", "udp", l4)]
+            rules += [f"-p {p} -g {after}" for p in ("tcp", "udp", l4)]
             full = other_protocols(self.family)
             for owner, spans in other.items():
                 if sorted(spans) == full:
@@ -314,8 +345,8 @@ class _ChainRenderer:
                 for lo, hi in spans:
                     for p in range(max(lo, 1), hi + 1):
                         rules += self.decide(owner, str(p))
-        rules.append(f"-g {self.tail()}")
-        return self.t.add_chain(self.family, rules, "k")
+        rules.append(f"-g {after}")
+        return rules
 
     # -- linear -----------------------------------------------------------------------------
     def linear(self) -> list[str]:
@@ -350,6 +381,14 @@ class _ChainRenderer:
         return [r for addr, peer in peers for proto, port in protos
                 for r in self.verdict(d.counter, d.action, proto, addr,
                                       " ".join(x for x in (port, peer) if x))]
+
+
+def _with(rule: str, match: str) -> str:
+    """``rule`` with ``match`` added where iptables-save prints it: after -p."""
+    if rule.startswith("-p "):
+        p, _, rest = rule[3:].partition(" ")
+        return f"-p {p} {match} {rest}"
+    return f"{match} {rule}"
 
 
 def _others(plo: int, phi: int, icmp: int):
