@@ -31,13 +31,14 @@ changed one is a new one, loaded whole.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import socket
 
 from ..backend.objects import Changed, verdict_chain
 from ..ir import Chain, Decision, GroupSet, Ruleset
 from ..partition import Painted, overlay
-from ..peerclass import ICMP, TCP, UDP, Plan, plan_chain, rects_of
+from ..peerclass import ADDR_MAX, ICMP, TCP, UDP, Plan, plan_chain, rects_of
 from .names import chain_name, counter_comment, counter_name, set_name
 from .objects import Objects, Rule, SetDef
 from .render import (VERB, add_log_objects, base_chains, log_objects, member_set, preamble,
@@ -260,7 +261,8 @@ class AuditStage(ChainRenderer):
 
     def __init__(self, chain: Chain, objs: Objects, layer: int, audits: frozenset[int],
                  groups: dict[str, GroupSet]) -> None:
-        decisions = tuple(d if not d.audit or i in audits else d._replace(matches=())
+        keep = audits | relevant(chain, audits)
+        decisions = tuple(d if i in keep else d._replace(matches=())
                           for i, d in enumerate(chain.decisions))
         super().__init__(Chain(chain.nic, chain.role, chain.direction, decisions, (), None,
                                chain.default), objs, groups)
@@ -282,35 +284,80 @@ class AuditStage(ChainRenderer):
         return []
 
 
+Footprint = list[tuple[int, int, int, tuple]]  # (family, address lo, hi, rectangles)
+
+
+def footprint(d: Decision) -> Footprint:
+    """Where a decision may match: address spans (a group peer: its whole family) with the
+    rectangles of the (protocol x value) plane they come with."""
+    out = []
+    for m in d.matches:
+        rects = rects_of(m)
+        if not rects:
+            continue
+        if m.group is not None:
+            out.append((m.family, 0, ADDR_MAX[m.family], rects))
+        else:
+            out += [(m.family, int(n.network_address), int(n.broadcast_address), rects)
+                    for n in m.nets]
+    return out
+
+
+def _overlap(a: Footprint, b: Footprint) -> bool:
+    return any(fa == fb and lo <= bhi and blo <= hi and any(
+        p[0] <= q[1] and q[0] <= p[1] and p[2] <= q[3] and q[2] <= p[3]
+        for p in ra for q in rb)
+        for fa, lo, hi, ra in a for fb, blo, bhi, rb in b)
+
+
 def audit_layers(chain: Chain) -> list[frozenset[int]]:
     """The chain's audit decisions in layers of ones that cannot match the same packet
     (greedy, in order; group peers may hold any address of their family)."""
-    layers: list[list[int]] = []
+    layers: list[list[tuple[int, Footprint]]] = []
     for i, d in enumerate(chain.decisions):
         if not d.audit:
             continue
+        fp = footprint(d)
         for layer in layers:
-            if not any(_may_overlap(d, chain.decisions[j]) for j in layer):
-                layer.append(i)
+            if not any(_overlap(fp, other) for _, other in layer):
+                layer.append((i, fp))
                 break
         else:
-            layers.append([i])
-    return [frozenset(layer) for layer in layers]
+            layers.append([(i, fp)])
+    return [frozenset(i for i, _ in layer) for layer in layers]
 
 
-def _may_overlap(a: Decision, b: Decision) -> bool:
-    for ma in a.matches:
-        for mb in b.matches:
-            if ma.family != mb.family:
-                continue
-            if ma.group is None and mb.group is None and not any(
-                    x.overlaps(y) for x in ma.nets for y in mb.nets):
-                continue
-            ra, rb = rects_of(ma), rects_of(mb)
-            if any(p[0] <= q[1] and q[0] <= p[1] and p[2] <= q[3] and q[2] <= p[3]
-                   for p in ra for q in rb):
-                return True
-    return False
+def relevant(chain: Chain, audits: frozenset[int]) -> set[int]:
+    """The enforced decisions whose addresses meet those of the ``audits``: only they can
+    come before an audit rule of the layer on some packet (the others are left out of its
+    stage's painting, where they would only paint rows no audit rule is in)."""
+    spans: dict[int, list[tuple[int, int]]] = {}
+    for i in audits:
+        for fam, lo, hi, _ in footprint(chain.decisions[i]):
+            spans.setdefault(fam, []).append((lo, hi))
+    merged: dict[int, tuple[list[int], list[int]]] = {}
+    for fam, xs in spans.items():
+        starts: list[int] = []
+        ends: list[int] = []
+        for lo, hi in sorted(xs):
+            if ends and lo <= ends[-1] + 1:
+                ends[-1] = max(ends[-1], hi)
+            else:
+                starts.append(lo)
+                ends.append(hi)
+        merged[fam] = (starts, ends)
+    out = set()
+    for i, d in enumerate(chain.decisions):
+        if d.audit:
+            continue
+        for fam, lo, hi, _ in footprint(d):
+            if fam in merged:
+                starts, ends = merged[fam]
+                k = bisect.bisect_right(starts, hi) - 1
+                if k >= 0 and ends[k] >= lo:
+                    out.add(i)
+                    break
+    return out
 
 
 def tail_chain_name(base: str) -> str:
