@@ -149,8 +149,7 @@ class Etcd:
 def binding(i: int) -> dict[str, Any]:
     return {"instance": f"i-{i:05d}", "account": "1001",
             "nics": [{"name": "eth0", "security_groups": [f"sg-{i % GROUPS}", "sg-web"]},
-                     {"name": "eth1", "role": "intranet",
-                      "security_groups": [f"sg-{(i * 7) % GROUPS}"]}]}
+                     {"name": "eth1", "security_groups": [f"sg-{(i * 7) % GROUPS}"]}]}
 
 
 def group(port: int) -> dict[str, Any]:
@@ -384,6 +383,40 @@ def measure(etcd: Etcd, agents: int, workers: int, changes: int, every: float) -
     return out
 
 
+def agent_side(hosts: int, changes: int = 20) -> dict[str, Any]:
+    """One agent's own work for a fleet event, in-process (no etcd): its etcd source holding
+    ``hosts`` bindings and registrations assembles, digests and parses its document again after
+    one registration changed (a member of a group it uses), as it does for every event."""
+    from sgagent.daemon.config import EtcdSource as EtcdConfig
+    from sgagent.daemon.source_etcd import EtcdSource
+    from sgagent.daemon.sources import Snapshot
+    got: list[Any] = []
+    src = EtcdSource(EtcdConfig(host="h00000"), got.append)
+    src._host_value = json.dumps(binding(0)).encode()
+    src._groups = {f"sg-{g}": json.dumps(group(1000 + g)).encode() for g in range(GROUPS)}
+    src._groups["sg-web"] = json.dumps(group(8080)).encode()
+    src._bindings = {f"h{i:05d}": json.dumps(binding(i)).encode() for i in range(1, hosts)}
+    src._endpoints = {f"h{i:05d}": json.dumps({"nics": {"eth0": [
+        f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}"], "eth1": []}}).encode()
+        for i in range(hosts)}
+    t0 = time.perf_counter()
+    src._publish(True)
+    first = time.perf_counter() - t0
+    times = []
+    for k in range(changes):
+        src._endpoints[f"h{k + 1:05d}"] = json.dumps({"nics": {"eth0": [f"10.201.{k}.1"],
+                                                              "eth1": []}}).encode()
+        t0 = time.perf_counter()
+        src._publish(False)
+        times.append(time.perf_counter() - t0)
+    snaps = [e for e in got if isinstance(e, Snapshot)]
+    return {"hosts": hosts, "first_assembly_ms": round(1000 * first, 1),
+            "registration_event_p50_ms": common.rnd(1000 * pctl(times, 50), 2),
+            "registration_event_max_ms": common.rnd(1000 * max(times), 2),
+            "members_of_sg_web": len(snaps[-1].doc.security_groups["sg-web"].members),
+            "snapshots": len(snaps)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--agents", type=int, default=1000)
@@ -391,10 +424,20 @@ def main() -> int:
     ap.add_argument("--changes", type=int, default=20)
     ap.add_argument("--every", type=float, default=1.0, help="seconds between changes")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--agent-side-only", action="store_true",
+                    help="measure only one agent's own work per event (1,000 and 10,000 hosts) "
+                         "and add it to the results file")
     a = ap.parse_args()
+    side = [agent_side(n) for n in (1000, 10_000)]
+    print(f"agent side: {side}", flush=True)
+    if a.agent_side_only:
+        data = json.loads(a.out.read_text())
+        data["agent_side"] = side
+        common.write_json(a.out, data)
+        return 0
     result = run(a.agents, a.workers, a.changes, a.every)
     data = {"benchmark": a.out.stem, "at": common.now_iso(), "machine": common.machine(),
-            **result}
+            **result, "agent_side": side}
     common.write_json(a.out, data)
     g = result["change"]["group"]
     print(f"{a.agents} agents: a group change reaches them all: p50 {g['p50_ms']} ms, p99 "
