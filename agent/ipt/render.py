@@ -2,10 +2,11 @@
 
 ``sets`` renders the plan of the nftables set rendering (:mod:`sgagent.peerclass`): the peer
 address is looked up in ipsets, then a short *class chain* decides by protocol and port.
-iptables has no verdict maps, so the lookup is a binary tree over the class number: the
-classes of a NIC chain and family are numbered 1..N, and ipset ``b<k>`` (``hash:net``) holds
-the addresses whose class has bit ``k``; a node chain tests one bit and goes on to the next,
-so a packet costs ceil(log2(N+1)) ipset lookups whatever the number of rules.  Single
+iptables has no verdict maps, so the lookup is a tree over the class number: the classes of
+a NIC chain and family are numbered 1..N, and ipset ``b<k>`` (``hash:net``) holds the
+addresses whose class has bit ``k``; a node chain tests two bits and goes on to the next
+(nf_tables refuses chains nested more than 16 deep), so a packet costs at most
+1.5 ceil(log2(N+1)) ipset lookups whatever the number of rules.  Single
 addresses and group members (looked up exactly in nftables) are /32 (/128) elements, which
 ``hash:net`` finds before the networks around them (longest prefix first); where such an
 address lacks a bit its network has, it is a ``nomatch`` element.  ``linear`` writes one rule
@@ -289,11 +290,20 @@ class _ChainRenderer:
                 test = f"-m set --match-set {sets[0]} {self.addr}"
                 return self.t.add_chain(self.family, [_with(r, test) for r in both[0]]
                                         + both[1], "n")
-        rules = []
-        if one <= top:
-            rules.append(f"-m set --match-set {sets[k]} {self.addr} "
-                         f"-g {self._node(k - 1, one, sets, classes, top)}")
-        rules.append(f"-g {self._node(k - 1, zero, sets, classes, top)}")
+            rules = []
+            if one <= top:
+                rules.append(f"-m set --match-set {sets[0]} {self.addr} "
+                             f"-g {self._node(-1, one, sets, classes, top)}")
+            rules.append(f"-g {self._node(-1, zero, sets, classes, top)}")
+        else:
+            # two bits per node: nf_tables refuses chains more than 16 jumps deep, so the
+            # tree is kept shallow (at most 3 set lookups per 2 bits)
+            hi, lo = f"-m set --match-set {sets[k]} {self.addr}", \
+                f"-m set --match-set {sets[k - 1]} {self.addr}"
+            b = 1 << (k - 1)
+            rules = [f"{m} -g {self._node(k - 2, v, sets, classes, top)}".lstrip()
+                     for v, m in ((value | 1 << k | b, f"{hi} {lo}"), (value | 1 << k, hi),
+                                  (value | b, lo), (value, "")) if v <= top]
         if len(rules) == 1:
             return rules[0][3:]
         return self.t.add_chain(self.family, rules, "n")
