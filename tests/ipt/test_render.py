@@ -171,3 +171,28 @@ def test_a_decision_painted_over_everywhere_still_has_its_counter(rendering):
     t = render(rs, rendering)
     assert set(t.counters.values()) == {k for c in rs.chains for k in c.counters}
     assert any(k.rule == "shadowed" for k in t.counters.values())
+
+
+def test_chains_nest_no_deeper_than_nf_tables_allows():
+    """nf_tables refuses a ruleset whose chains nest more than 16 deep (counting from the
+    hook's chain): the lookup tree of thousands of classes must stay under it."""
+    import re
+    rules = [{"id": f"r{i}", "direction": "inbound", "protocol": "tcp", "ports": 1000 + i,
+              "source": f"10.{i // 250}.{i % 250}.1/32"} for i in range(3000)]
+    rules.append({"id": "wide", "direction": "inbound", "protocol": "tcp", "ports": 80,
+                  "source": "10.0.0.0/8"})
+    raw = {"version": 1, "host": {"instance": "i", "account": "1", "network": "vpc",
+                                  "nics": [{"name": "eth0", "role": "vpc",
+                                            "security_groups": ["sg"]}]},
+           "security_groups": {"sg": {"rules": rules}}}
+    t = render(compile_document(parse_data(raw)))
+    chains = t.chains[4]
+    depth: dict[str, int] = {}
+
+    def deepest(name: str) -> int:
+        if name not in depth:
+            targets = {m for r in chains[name] for m in re.findall(r"-[gj] (sgagent\S*)", r)}
+            depth[name] = 1 + max((deepest(c) for c in targets), default=0)
+        return depth[name]
+    assert len([n for n in chains if n.startswith("sgagent-k-")]) > 1000
+    assert 1 + deepest("sgagent-INPUT") <= 16  # INPUT itself, then sgagent's
