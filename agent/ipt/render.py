@@ -39,7 +39,7 @@ _IFACE = {"inbound": "-i", "outbound": "-o"}
 _ICMP = {4: ("icmp", "--icmp-type", "icmp-admin-prohibited"),
          6: ("ipv6-icmp", "--icmpv6-type", "icmp6-adm-prohibited")}
 _BITS = {4: 32, 6: 128}
-INLINE_CLASS = 4  # rules of a class written into its lookup node instead of a chain
+INLINE_CLASS = 0  # rules of a class written into its lookup node instead of a chain (off: see the README)
 
 
 class RenderError(ValueError):
