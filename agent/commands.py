@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Optional
 import typer
 
 from . import __version__
+from .clihelp import Command, Group
 
 if TYPE_CHECKING:
     from .evaluator import Packet
@@ -29,50 +30,10 @@ EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_NOT_APPLIED = 0, 1, 2, 3
 EXIT_FINDINGS = EXIT_CHANGES  # lint: something to look at (DECISIONS 22)
 
 
-class _PlainHelp:
-    """Help as people expect it: a flag shows no value (typer would show ``--json <bool>``),
-    an argument shows its metavar (``FILE``, not ``{file}``); drawn panels on a terminal,
-    plain text in a pipe (rich is not even imported there)."""
-
-    def format_help(self, ctx, formatter):  # type: ignore[no-untyped-def]
-        from .console import is_terminal
-        if is_terminal():
-            return super().format_help(ctx, formatter)  # type: ignore[misc]
-        rich_mode, self.rich_markup_mode = self.rich_markup_mode, None  # type: ignore[attr-defined]
-        try:
-            return super().format_help(ctx, formatter)  # type: ignore[misc]
-        finally:
-            self.rich_markup_mode = rich_mode
-
-    def get_params(self, ctx):  # type: ignore[no-untyped-def]
-        params = super().get_params(ctx)  # type: ignore[misc]
-        for p in params:
-            if getattr(p, "is_flag", False) and p.metavar is None:
-                p.metavar = ""
-        return params
-
-    def collect_usage_pieces(self, ctx):  # type: ignore[no-untyped-def]
-        pieces = [self.options_metavar] if self.options_metavar else []  # type: ignore[attr-defined]
-        for p in self.get_params(ctx):
-            if p.param_type_name == "argument":
-                name = p.metavar or p.name.upper()
-                pieces.append(name if p.required else f"[{name}]")
-        pieces += getattr(self, "subcommand_metavar", None) and [self.subcommand_metavar] or []
-        return pieces
-
-
-class _Group(_PlainHelp, typer.core.TyperGroup):
-    pass
-
-
-class _Command(_PlainHelp, typer.core.TyperCommand):
-    pass
-
-
-app = typer.Typer(cls=_Group, no_args_is_help=True,
+app = typer.Typer(cls=Group, no_args_is_help=True,
                   context_settings={"help_option_names": ["-h", "--help"]},
                   help="Enforce cloud-style security groups with nftables.")
-command = partial(app.command, cls=_Command)
+command = partial(app.command, cls=Command)
 
 
 def _version(value: bool) -> None:

@@ -13,7 +13,9 @@ from typing import Any, List, Optional
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, help="A fleet on one etcd: check, compare, publish, "
+from ..clihelp import Command, Group
+
+app = typer.Typer(cls=Group, no_args_is_help=True, help="A fleet on one etcd: check, compare, publish, "
                   "and see what every host enforces.")
 
 FleetArg = typer.Argument(..., metavar="FLEET",
@@ -21,7 +23,7 @@ FleetArg = typer.Argument(..., metavar="FLEET",
 EndpointsOpt = typer.Option(None, "--endpoint", "-e", metavar="URL",
                             help="etcd client URL (repeatable; default: the config's, or "
                                  "http://127.0.0.1:2379)")
-PrefixOpt = typer.Option(None, "--prefix", help="key prefix (default: the config's, or /sgagent)")
+PrefixOpt = typer.Option(None, "--prefix", metavar="PREFIX", help="key prefix (default: the config's, or /sgagent)")
 ConfigOpt = typer.Option(None, "--config", "-c", metavar="FILE",
                          help="take etcd's endpoints, prefix and TLS files from this daemon "
                               "config's etcd source")
@@ -74,7 +76,7 @@ def _run(fn: Any) -> Any:
         _fail(f"error: {exc}")
 
 
-@app.command()
+@app.command(cls=Command)
 def validate(fleet: Path = FleetArg,
              endpoints: Optional[List[str]] = EndpointsOpt, prefix: Optional[str] = PrefixOpt,
              config: Optional[Path] = ConfigOpt,
@@ -92,7 +94,7 @@ def validate(fleet: Path = FleetArg,
     typer.echo(f"{fleet}: valid ({len(f.hosts)} hosts, {len(f.groups)} groups)")
 
 
-@app.command()
+@app.command(cls=Command)
 def diff(fleet: Path = FleetArg, endpoints: Optional[List[str]] = EndpointsOpt,
          prefix: Optional[str] = PrefixOpt, config: Optional[Path] = ConfigOpt,
          as_json: bool = JsonOpt) -> None:
@@ -113,7 +115,7 @@ def diff(fleet: Path = FleetArg, endpoints: Optional[List[str]] = EndpointsOpt,
         raise typer.Exit(2)
 
 
-@app.command()
+@app.command(cls=Command)
 def push(fleet: Path = FleetArg, endpoints: Optional[List[str]] = EndpointsOpt,
          prefix: Optional[str] = PrefixOpt, config: Optional[Path] = ConfigOpt,
          as_json: bool = JsonOpt) -> None:
@@ -134,9 +136,9 @@ def push(fleet: Path = FleetArg, endpoints: Optional[List[str]] = EndpointsOpt,
                    f"deleted, {len(p.diffs)} hosts affected")
 
 
-@app.command()
+@app.command(cls=Command)
 def status(fleet: Optional[Path] = typer.Argument(
-               None, metavar="[FLEET]", help="also list the fleet's hosts not pushed yet"),
+               None, metavar="FLEET", help="also list the fleet's hosts not pushed yet"),
            endpoints: Optional[List[str]] = EndpointsOpt, prefix: Optional[str] = PrefixOpt,
            config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """Every host with the revision it applied; exit 2 if any is behind or unknown."""

@@ -24,6 +24,7 @@ SGAGENT = Path(sys.executable).with_name("sgagent")
 EXAMPLE = ROOT / "examples" / "defaults-tencent.yaml"
 COMMANDS = ["validate", "schema", "compile", "apply", "diff", "explain", "status", "flush",
             "verify", "lint", "run", "completion"]
+FLEET_COMMANDS = ["validate", "diff", "push", "status"]
 
 
 def sgagent(*args, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -53,7 +54,8 @@ def write(tmp_path: Path, data: dict) -> Path:
 # --------------------------------------------------------------------------- help
 
 
-@pytest.mark.parametrize("command", [[]] + [[c] for c in COMMANDS])
+@pytest.mark.parametrize("command", [[]] + [[c] for c in COMMANDS] + [["fleet"]]
+                         + [["fleet", c] for c in FLEET_COMMANDS])
 def test_help_reads_as_people_expect(command):
     r = sgagent(*command, "--help")
     assert r.returncode == 0, r.stderr
@@ -67,6 +69,17 @@ def test_usage_line_names_the_file():
     usage = sgagent("apply", "-h").stdout.split("Usage:")[1].splitlines()[0]
     assert usage.split() == ["sgagent", "apply", "[OPTIONS]", "FILE"]
     assert "--netns" in sgagent("apply", "-h").stdout and "NAME" in sgagent("apply", "-h").stdout
+
+
+def test_fleet_usage_lines_name_the_fleet_and_options_their_values():
+    push = sgagent("fleet", "push", "-h").stdout
+    assert push.split("Usage:")[1].splitlines()[0].split() == [
+        "sgagent", "fleet", "push", "[OPTIONS]", "FLEET"]
+    for option in ("--endpoint URL", "--prefix PREFIX", "--config FILE"):
+        assert option in push
+    assert "--json " in push and "--json <" not in push
+    status = sgagent("fleet", "status", "-h").stdout.split("Usage:")[1].splitlines()[0]
+    assert status.split() == ["sgagent", "fleet", "status", "[OPTIONS]", "[FLEET]"]
 
 
 # --------------------------------------------------------------------------- completion
