@@ -8,6 +8,7 @@ what an address change costs.  Only global-scope addresses count: link-local IPv
 
 from __future__ import annotations
 
+import errno
 import socket
 
 from ..netns import NetnsExecutor
@@ -62,8 +63,10 @@ class AddressWatch:
                 seen = True
             except BlockingIOError:
                 return seen
-            except OSError:  # ENOBUFS: notifications were dropped
-                seen = True
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise  # the socket is broken: the registration's supervision restarts it
+                seen = True  # notifications were dropped
 
     def read(self, nics: list[str]) -> dict[str, list[str]]:
         return self._exec.call(read_addresses, nics)

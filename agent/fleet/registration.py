@@ -14,7 +14,18 @@ within the TTL takes over without its addresses ever leaving.  A lease that ran 
 was unreachable is granted anew and both keys are written again.
 
 One thread does everything: it waits on the address notifications, a wake-up pipe and the
-next keep-alive, whichever comes first."""
+next keep-alive, whichever comes first.
+
+Supervision, as the sources' (:mod:`sgagent.daemon.sources`): a step that fails (etcd
+unreachable, a write refused) is logged and retried with a backoff; registration failing for
+longer than the lease's TTL -- the host's addresses have left every group by then, or will
+at once -- is logged as an error and ``report``-ed (the etcd source makes it an
+``Unavailable`` of kind ``registration``: ``sgagent_source_errors_total{reason="registration"}``),
+again every TTL while it lasts, and its end is logged.  A thread that dies anyway is logged
+with its traceback, reported (kind ``restarted``) and started again after a backoff; one that
+dies :data:`~sgagent.daemon.sources.MAX_RESTARTS` times in a row without finishing a step is
+given up (kind ``dead``), and :meth:`Registration.health` says so -- as it says when the thread
+is stuck -- so that the daemon stops feeding the systemd watchdog."""
 
 from __future__ import annotations
 
@@ -27,6 +38,9 @@ import threading
 import time
 from typing import Any, Callable
 
+from ..daemon.config import Backoff as BackoffConfig
+from ..daemon.sources import MAX_RESTARTS, STALL_SLACK, Backoff, describe
+
 log = logging.getLogger(__name__)
 
 
@@ -36,11 +50,16 @@ def _b64(data: str | bytes) -> str:
 
 class Registration:
     """``client()`` makes an etcd3gw client; ``watch`` follows the kernel's addresses (an
-    :class:`~sgagent.fleet.addresses.AddressWatch`, or anything with its methods)."""
+    :class:`~sgagent.fleet.addresses.AddressWatch`, or anything with its methods);
+    ``report(kind, reason)`` hears of failures (see the module), from the registration's
+    thread."""
 
     def __init__(self, client: Callable[[], Any], prefix: str, host: str, ttl: int,
-                 watch: Any) -> None:
+                 watch: Any, report: Callable[[str, str], None] | None = None,
+                 restart_backoff: BackoffConfig | None = None) -> None:
         self._make_client, self.ttl, self.watch = client, ttl, watch
+        self._report = report or (lambda kind, reason: None)
+        self._restart_backoff = restart_backoff or BackoffConfig()
         self.endpoint_key = f"{prefix}/endpoints/{host}"
         self.status_key = f"{prefix}/status/{host}"
         self.lease: int | None = None
@@ -52,6 +71,12 @@ class Registration:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._reread = True
+        self.steps = 0                         # steps finished (with their wait)
+        self.failing_since: float | None = None
+        self.restarts = 0
+        self._reported_at = 0.0
+        self._beat = time.monotonic()
+        self._dead: str | None = None
         self._rfd, self._wfd = os.pipe()
         self._thread = threading.Thread(target=self._run, name="fleet-registration", daemon=True)
 
@@ -82,6 +107,22 @@ class Registration:
             os.close(fd)
         self.watch.close()
 
+    def health(self) -> str | None:
+        """None while the thread makes progress (failing steps included: they are reported
+        instead); otherwise why not -- it died for good, or is stuck."""
+        if self._dead is not None:
+            return self._dead
+        if self._stop.is_set() or not self._thread.is_alive():
+            return None
+        idle = time.monotonic() - self._beat
+        if idle > self.ttl + STALL_SLACK:
+            return f"fleet registration: no step finished for {idle:.0f}s"
+        return None
+
+    @property
+    def dead(self) -> bool:
+        return self._dead is not None
+
     def _wake(self) -> None:
         try:
             os.write(self._wfd, b"x")
@@ -90,6 +131,39 @@ class Registration:
 
     # -- the thread ------------------------------------------------------------------------------
     def _run(self) -> None:
+        """:meth:`_loop`, started again after a backoff if it dies (see the module)."""
+        backoff = Backoff(self._restart_backoff)
+        in_a_row = 0
+        while not self._stop.is_set():
+            steps = self.steps
+            try:
+                self._loop()
+                return
+            except BaseException as exc:  # noqa: BLE001 - a dying thread must be visible
+                if self._stop.is_set():
+                    return
+                in_a_row = 1 if self.steps != steps else in_a_row + 1
+                what = f"fleet registration thread died ({describe(exc)})"
+                if in_a_row > MAX_RESTARTS:
+                    self._dead = (f"{what}, {in_a_row} times in a row without finishing a "
+                                  "step; not restarted")
+                    log.critical("%s: %s", self.endpoint_key, self._dead, exc_info=True)
+                    self._report("dead", self._dead)
+                    return
+                delay = backoff.next()
+                self.restarts += 1
+                log.error("%s: %s; restarting it in %.1fs", self.endpoint_key, what, delay,
+                          exc_info=True)
+                self._report("restarted", what)
+                with self._lock:
+                    self._reread = True
+                end = time.monotonic() + delay
+                while not self._stop.wait(min(1.0, max(0.0, end - time.monotonic()))):
+                    self._beat = time.monotonic()
+                    if time.monotonic() >= end:
+                        break
+
+    def _loop(self) -> None:
         addresses: dict[str, list[str]] = {}
         next_keepalive = 0.0
         delay = 0.2
@@ -99,7 +173,8 @@ class Registration:
                     reread, self._reread = self._reread, False
                     nics, status = self._nics, self._status
                 if nics is None and status is None:  # nothing to register yet
-                    self._wait(None)
+                    self._beat = time.monotonic()
+                    self._wait(self.ttl / 3)
                     continue
                 if reread and nics is not None:
                     addresses = self.watch.read(nics)
@@ -115,15 +190,40 @@ class Registration:
                     next_keepalive = time.monotonic() + self.ttl / 3
                 delay = 0.2
                 timeout = max(0.0, next_keepalive - time.monotonic())
+                self._succeeded()
             except Exception as exc:  # noqa: BLE001 - etcd unreachable: try again, backing off
                 log.warning("fleet registration %s: %s; retrying in %.1fs", self.endpoint_key,
                             _reason(exc), delay)
+                self._failed(_reason(exc))
                 self._client = None
                 self._reread = True  # the addresses may not have been read
                 if "lease not found" in str(exc):
                     self.lease = None  # it ran out: granted anew at the next step
                 timeout, delay = delay, min(delay * 2, max(1.0, self.ttl / 3))
             self._wait(timeout)
+            self.steps += 1  # a step and its wait: the thread can go on
+
+    def _succeeded(self) -> None:
+        self._beat = time.monotonic()
+        if self.failing_since is not None:
+            log.warning("fleet registration %s written again after %.0fs of failures",
+                        self.endpoint_key, time.monotonic() - self.failing_since)
+            self.failing_since = None
+
+    def _failed(self, reason: str) -> None:
+        now = self._beat = time.monotonic()
+        if self.failing_since is None:
+            self.failing_since, self._reported_at = now, now
+            return
+        if now - self.failing_since > self.ttl and now - self._reported_at >= self.ttl:
+            first = self._reported_at == self.failing_since
+            self._reported_at = now
+            text = (f"fleet registration {self.endpoint_key} failing for "
+                    f"{now - self.failing_since:.0f}s, longer than its lease ({self.ttl}s): "
+                    f"this host's addresses have left every group ({reason})")
+            if first:
+                log.error("%s", text)
+            self._report("registration", text)
 
     def _wait(self, timeout: float | None) -> None:
         """Until a wake-up, an address notification or ``timeout`` seconds."""
