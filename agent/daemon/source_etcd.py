@@ -224,9 +224,24 @@ class EtcdSource(Source):
             from ..fleet.addresses import AddressWatch
             from ..fleet.registration import Registration
             self.registration = Registration(self._client, self.cfg.prefix, self.host,
-                                             self.cfg.lease_ttl, AddressWatch(self.netns))
+                                             self.cfg.lease_ttl, AddressWatch(self.netns),
+                                             self._registration_failed, self._restart_backoff)
             self.registration.start()
         self._thread(self._run, "source-etcd")
+
+    def _registration_failed(self, kind: str, reason: str) -> None:
+        """The registration's failures, reported as the source's own (its module says which)."""
+        self._emit(Unavailable(reason, self.description, kind))
+
+    def health(self) -> str | None:
+        problem = super().health()
+        if problem is None and self.registration is not None:
+            problem = self.registration.health()
+        return problem
+
+    @property
+    def dead(self) -> bool:
+        return super().dead or (self.registration is not None and self.registration.dead)
 
     def applied(self, snapshot: Snapshot) -> None:
         if self.registration is not None and snapshot.version is not None:
