@@ -391,3 +391,101 @@ def test_a_restart_within_the_ttl_keeps_the_registration_and_etcd_restarts_are_r
     wait_until(lambda: registered() == {"nics": {"eth0": ["10.0.0.7"]}}, 15,
                what="the new address after the etcd restart")
     second.stop()
+
+
+# -- the registration's supervision ----------------------------------------------------------
+class BreakingWatch(FakeWatch):
+    """A FakeWatch whose notification socket breaks ``times`` times (as a netlink socket may:
+    an error other than ENOBUFS), after the test tells it to."""
+
+    def __init__(self, addrs: dict[str, list[str]], times: int) -> None:
+        super().__init__(addrs)
+        self.times = times
+
+    def drain(self) -> bool:
+        if self.times > 0:  # the notification stays: the next wait sees it too
+            self.times -= 1
+            raise OSError(9, "Bad file descriptor (the test's)")
+        return super().drain()
+
+
+def registering_source(etcd: Any, events: list[Any], watch: Any) -> tuple[EtcdSource, Any]:
+    """An etcd source (not started) with its registration wired as the source wires it."""
+    from sgagent.daemon.config import Backoff as BackoffConfig
+    cfg = EtcdConfig(endpoints=[etcd.url], prefix=P, host="h1", lease_ttl=2, timeout=1)
+    src = EtcdSource(cfg, events.append)
+    src.registration = Registration(src._client, P, "h1", 2, watch, src._registration_failed,
+                                    BackoffConfig(initial=0.1, max=0.2, jitter=0))
+    return src, src.registration
+
+
+def test_registration_failing_longer_than_its_lease_is_reported_and_recovers(etcd):
+    """etcd is gone for three times the lease's TTL: the registration's failure is logged and
+    reported through the source (an Unavailable of kind ``registration``, what the daemon
+    counts in sgagent_source_errors_total), and once etcd is back it is written again."""
+    events: list[Any] = []
+    watch = FakeWatch({"eth0": ["10.0.0.1"]})
+    src, reg = registering_source(etcd, events, watch)
+    key = f"{P}/endpoints/h1"
+    reg.start()
+    reg.follow(["eth0"])
+    wait_until(lambda: key in keys(etcd), 5, what="registration")
+    assert events == [] and reg.failing_since is None and src.health() is None
+    etcd.kill()
+    wait_until(lambda: any(e.kind == "registration" for e in events), 15,
+               what="the failure reported")
+    failed = [e for e in events if e.kind == "registration"][0]
+    assert failed.origin == src.description and "longer than its lease (2s)" in failed.reason
+    assert "h1" in failed.reason and reg.failing_since is not None
+    assert src.health() is None and not src.dead  # failing, not stuck: no watchdog restart
+    time.sleep(3)
+    assert len([e for e in events if e.kind == "registration"]) >= 2  # again while it lasts
+    etcd.start()
+    watch.change({"eth0": ["10.0.0.9"]})
+    wait_until(lambda: key in keys(etcd) and json.loads(keys(etcd)[key][1])
+               == {"nics": {"eth0": ["10.0.0.9"]}}, 20, what="registered again")
+    wait_until(lambda: reg.failing_since is None, 5, what="the failure's end")
+    n = len(events)
+    time.sleep(2.5)
+    assert len(events) == n and src.health() is None
+    reg.stop()
+
+
+def test_a_registration_thread_that_dies_is_reported_and_restarted(etcd):
+    events: list[Any] = []
+    watch = BreakingWatch({"eth0": ["10.0.0.1"]}, times=2)
+    src, reg = registering_source(etcd, events, watch)
+    key = f"{P}/endpoints/h1"
+    reg.start()
+    reg.follow(["eth0"])
+    wait_until(lambda: key in keys(etcd), 5, what="registration")
+    watch.change({"eth0": ["10.0.0.2"]})  # the notification breaks the socket, twice
+    wait_until(lambda: reg.restarts == 2, 10, what="two restarts")
+    assert [e.kind for e in events] == ["restarted", "restarted"]
+    assert "fleet registration thread died (OSError" in events[0].reason
+    wait_until(lambda: json.loads(keys(etcd)[key][1]) == {"nics": {"eth0": ["10.0.0.2"]}}, 10,
+               what="the address read again by the restarted thread")
+    assert src.health() is None and not src.dead
+    watch.change({"eth0": ["10.0.0.3"]})
+    wait_until(lambda: json.loads(keys(etcd)[key][1]) == {"nics": {"eth0": ["10.0.0.3"]}}, 10,
+               what="a later change")
+    reg.stop()
+
+
+def test_a_registration_thread_that_keeps_dying_is_given_up_and_fails_health(etcd):
+    """Dying before any step finishes, MAX_RESTARTS times in a row: not restarted again, the
+    source is dead and unhealthy (the daemon stops feeding the watchdog)."""
+    from sgagent.daemon.sources import MAX_RESTARTS
+
+    class Unreadable(FakeWatch):
+        def fileno(self) -> int:
+            raise ValueError("the test's: no notification socket")
+
+    events: list[Any] = []
+    src, reg = registering_source(etcd, events, Unreadable({}))
+    reg.start()
+    reg.follow(["eth0"])
+    wait_until(lambda: reg.dead, 15, what="given up")
+    assert [e.kind for e in events] == ["restarted"] * MAX_RESTARTS + ["dead"]
+    assert src.dead and "not restarted" in (src.health() or "")
+    reg.stop()
