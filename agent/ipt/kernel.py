@@ -47,6 +47,7 @@ class IptKernel:
         self.netns_name = netns_name
         self.variant = variant
         self.commands = 0  # processes run (what an apply cost)
+        self._watchers: list["Poller"] = []  # told the state each own change left
 
     def tool(self, family: int, what: str) -> str:
         return f"{'ip' if family == 4 else 'ip6'}tables-{self.variant}-{what}"
@@ -171,6 +172,7 @@ class IptKernel:
             self.run(["ipset", "restore"], "".join(f"swap {t} {n}\n" for t, n in swaps))
             self._destroy(t for t, _ in swaps)
         self._destroy(n for n in live.sets if n not in want.sets)
+        self._announce()
         return live.loaded
 
     def flush(self) -> bool:
@@ -180,12 +182,22 @@ class IptKernel:
         for f in FAMILIES:
             self._restore(f, unhook_script(live.saved[f].chains, live.saved[f].hooked))
         self._destroy(live.sets)
+        self._announce()
         return found
 
     def watch(self, on_change: Callable[[], None], interval: float = 1.0) -> "Poller":
         poller = Poller(self, on_change, interval)
         poller.start()
+        self._watchers.append(poller)
         return poller
+
+    def _announce(self) -> None:
+        """Tell the watches the state sgagent's own change left, so they do not report it."""
+        self._watchers = [w for w in self._watchers if w.running]
+        if self._watchers:
+            fp = self.fingerprint()
+            for w in self._watchers:
+                w.expect(fp)
 
     def close(self) -> None:
         pass
@@ -195,11 +207,15 @@ class Poller:
     """Drift watch for iptables, which sends no change notifications sgagent can read:
     every ``interval`` seconds (longer for a table whose read takes long: at most a tenth
     of the time reading), the fingerprint of sgagent's chains, jumps and set names (two
-    ``iptables-save`` and one ``ipset list -n``); ``on_change()`` when it moved.  Set
-    elements are checked by the daemon's periodic full check (``live_text``)."""
+    ``iptables-save`` and one ``ipset list -n``); ``on_change()`` when it moved, unless to
+    the state sgagent's own last apply or flush left (the kernel reads it after each, for
+    its watches).  Set elements are checked by
+    the daemon's periodic full check (``live_text``)."""
 
     def __init__(self, kernel: IptKernel, on_change: Callable[[], None], interval: float):
         self._kernel = IptKernel(kernel.netns_name, kernel.variant)
+        self._expected: str | None = None
+        self._lock = threading.Lock()
         self._on_change = on_change
         self._interval = interval
         self._stop = threading.Event()
@@ -209,6 +225,15 @@ class Poller:
     def start(self) -> None:
         self._last = self._read()
         self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return not self._stop.is_set()
+
+    def expect(self, fingerprint: str) -> None:
+        """sgagent itself left the table in this state: not a change to report."""
+        with self._lock:
+            self._expected = fingerprint
 
     def _read(self) -> str | None:
         try:
@@ -224,9 +249,12 @@ class Poller:
             # at most a tenth of a core: a large table (two saves of 24,000 chains at 10,000
             # rules) is read less often
             wait = max(self._interval, 9 * (time.monotonic() - t0))
+            with self._lock:
+                own, self._expected = self._expected, None
             if now != self._last:
                 self._last = now
-                self._on_change()
+                if now != own:  # not the state sgagent's own apply or flush left
+                    self._on_change()
 
     def close(self) -> None:
         self._stop.set()

@@ -186,3 +186,20 @@ def test_example_applies_in_both_variants_side_by_side_with_nftables_text(ns):
         assert run_in(ns, "ipset", "list", "-n") == ""
         be.apply(rs)
         assert be.diff(rs) == ""
+
+
+def test_watch_reports_foreign_changes_not_its_own(ns):
+    import threading
+    seen = threading.Event()
+    with IptBackend(ns, variant="nft") as be:
+        be.apply(compile_document(parse_data(DOC)))
+        watch = be.kernel.watch(seen.set, interval=0.1)
+        try:
+            changed = copy.deepcopy(DOC)
+            changed["security_groups"]["sg-a"]["rules"].pop(0)
+            be.apply(compile_document(parse_data(changed)))  # sgagent's own: not reported
+            assert not seen.wait(1.0)
+            run_in(ns, "iptables-nft", "-D", "INPUT", "-j", "sgagent-INPUT")  # someone else
+            assert seen.wait(5.0)
+        finally:
+            watch.close()
