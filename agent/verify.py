@@ -105,10 +105,19 @@ class RuleCoverage:
     verdicts: dict[str, int] = field(default_factory=dict)   # the kernel's outcome -> probes
     mismatches: int = 0
     reason: str | None = None
+    moved: int = 0   # an audit rule's: how far its counter moved (at least ``probes``: ok)
 
     @property
     def probed(self) -> bool:
         return self.probes > 0
+
+    @property
+    def audit(self) -> bool:
+        return self.key.mode == "audit"
+
+    @property
+    def policy(self) -> str:
+        return f"audit {self.key.policy}" if self.audit else self.key.policy
 
     @property
     def name(self) -> str:
@@ -117,9 +126,10 @@ class RuleCoverage:
 
     def as_dict(self) -> dict:
         return {"nic": self.nic, "direction": self.direction, "group": self.key.group,
-                "rule": self.key.rule, "policy": self.key.policy, "probed": self.probed,
-                "probes": self.probes, "verdicts": self.verdicts,
-                "mismatches": self.mismatches, "reason": self.reason}
+                "rule": self.key.rule, "policy": self.key.policy, "mode": self.key.mode,
+                "probed": self.probed, "probes": self.probes, "verdicts": self.verdicts,
+                "mismatches": self.mismatches, "reason": self.reason,
+                **({"counter_moved": self.moved} if self.audit else {})}
 
 
 @dataclass
@@ -155,10 +165,15 @@ class Coverage:
         rows = []
         for e in self.entries:
             verdicts = ", ".join(f"{o} {n}" for o, n in sorted(e.verdicts.items())) or "-"
-            result = ("." if not e.mismatches else f"X {e.mismatches}") if e.probed \
-                else f"not probed: {e.reason}"
+            if not e.probed:
+                result = f"not probed: {e.reason}"
+            elif e.audit:
+                result = f"counter moved {e.moved}" if not e.mismatches else \
+                    f"X counter moved {e.moved}, {e.probes} probes reached it"
+            else:
+                result = "." if not e.mismatches else f"X {e.mismatches}"
             rows.append([e.name, e.nic, "in" if e.direction == "inbound" else "out",
-                         e.key.policy, str(e.probes), verdicts, result])
+                         e.policy, str(e.probes), verdicts, result])
         return rows
 
     def as_dict(self) -> dict:
@@ -172,18 +187,30 @@ PROBE_HEAD = ["NIC", "DIR", "PEER", "PROTO", "PORT", "EXPECT", "KERNEL", "ORACLE
 
 
 def coverage(doc: Document, probes: "ProbePlan", report: "Report") -> Coverage:
+    """Each rule on each NIC and direction: the probes it decided (an audit rule: the probes
+    that reached it, and whether its counter moved for each), or why there were none."""
     entries = []
+    reaching: dict[CounterKey, list[Row]] = {}
+    for r in report.rows:
+        for a in r.oracle.audits:
+            key = CounterKey(r.expect.nic, r.expect.direction, a.group, a.rule,  # type: ignore[arg-type]
+                             a.policy, "audit")
+            reaching.setdefault(key, []).append(r)
     for nic, direction, keys in probes.chains:
         for key in keys:
-            rows = [r for r in report.rows if r.counter == key]
+            audit = key.mode == "audit"
+            rows = reaching.get(key, []) if audit else [r for r in report.rows if r.counter == key]
             verdicts: dict[str, int] = {}
             for r in rows:
                 verdicts[r.observed] = verdicts.get(r.observed, 0) + 1
             reason = None
             if not rows:
-                reason = probes.unprobed.get(key) or "no probe was decided by it"
-            entries.append(RuleCoverage(nic, direction, key, len(rows), verdicts,
-                                        sum(not r.ok for r in rows), reason))
+                reason = probes.unprobed.get(key) or \
+                    ("no probe reached it" if audit else "no probe was decided by it")
+            moved, n = report.audited.get(key, (0, 0))
+            bad = int(moved < n) if audit else sum(not r.ok for r in rows)
+            entries.append(RuleCoverage(nic, direction, key, len(rows), verdicts, bad, reason,
+                                        moved))
     return Coverage(entries)
 
 
@@ -194,6 +221,8 @@ class Report:
     # audit counters that moved less than the probes that reached them: (key, delta, probes)
     unaudited: list[tuple[CounterKey, int, int]] = field(default_factory=list)
     coverage: Coverage | None = None
+    # every audit counter a probe reached: key -> (how far it moved, the probes reaching it)
+    audited: dict[CounterKey, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -349,7 +378,8 @@ def compare(doc: Document, expectations: list[Expectation], observed: list[str],
     unaudited = sorted(((k, deltas.get(k, 0), n) for k, n in audited.items()
                         if deltas.get(k, 0) < n),
                        key=lambda t: (t[0].nic, t[0].direction, t[0].group or "", t[0].rule))
-    return Report(rows, stray, unaudited=unaudited)
+    return Report(rows, stray, unaudited=unaudited,
+                  audited={k: (deltas.get(k, 0), n) for k, n in audited.items()})
 
 
 def _counts(backend) -> dict[CounterKey, int]:
@@ -436,13 +466,15 @@ def plan_probes(doc: Document, reserved: Iterable[str] = (),
     for chain in rs.chains:
         painting = Painting(chain, groups)
         keys = []
+        where = (chain.nic, chain.direction)
+        audits = []
         for i, decision in enumerate(chain.decisions):
-            if decision.audit:
-                continue
             keys.append(decision.counter)
-            where = (chain.nic, chain.direction)
-            probe = _deciding_probe(doc, painting, i, decision, taken, families)
-            if isinstance(probe, tuple):
+            probe = "" if decision.audit else \
+                _deciding_probe(doc, painting, i, decision, taken, families)
+            if decision.audit:
+                audits.append(decision)  # a probe reaching it: below, among the chain's
+            elif isinstance(probe, tuple):
                 first.setdefault(where + probe, decision.counter)
             else:
                 reason = probe
@@ -465,6 +497,17 @@ def plan_probes(doc: Document, reserved: Iterable[str] = (),
                 if services:
                     for outside in _peers_outside(doc, m, taken)[:2]:
                         seen[where + (outside, *services[0])] = None
+        planned = [k[2:] for k in (*first, *seen) if k[:2] == where][:MAX_AUDIT_TRIES] \
+            if audits else []
+        for decision in audits:
+            if len(first) >= budget:  # no room for its probe: not worth the evaluator's time
+                unprobed[decision.counter] = f"over the probe budget of {budget}"
+                continue
+            probe = _reaching_probe(doc, where, decision, taken, families, planned)
+            if isinstance(probe, tuple):
+                first.setdefault(where + probe, decision.counter)
+            else:
+                unprobed[decision.counter] = probe
         chains.append((chain.nic, chain.direction, tuple(keys)))
         for family in families:
             peer = str(_spare(family, taken, lambda a: False))
@@ -529,6 +572,45 @@ def _deciding_probe(doc: Document, painting, i: int, decision: Decision, taken: 
                     continue
                 return (str(addr),) + found
     return _reason(why) or "never decides a packet"
+
+
+MAX_AUDIT_TRIES = 24  # packets the evaluator tries for an audit rule before giving up
+
+
+def _reaching_probe(doc: Document, where: tuple[str, str], decision: Decision, taken: set,
+                    families: tuple[int, ...], planned: list[tuple]
+                    ) -> tuple[str, str, int | None] | str:
+    """(peer, protocol, port) of a packet that reaches audit decision ``decision`` and that it
+    matches (its counter must move: SEMANTICS section 9), or why there is none.  Tried: the
+    rule's own peers and ports, then the chain's other probes; the evaluator decides."""
+    key = decision.counter
+    why: list[str] = []
+    tries: list[tuple] = []
+    if not decision.matches:
+        return "can never match here (its ICMP family is not its peers' family)"
+    for m in decision.matches:
+        if m.family not in families:
+            why.append("IPv6 peers are not probed on a classic host")
+            continue
+        services = _services(m)
+        if not services:
+            why.append(f"matches only protocols the sandbox does not probe ({m.proto})")
+            continue
+        peers = _peers_in(doc, m, taken)
+        if not peers:
+            why.append(f"its peer group {m.group} has no IPv{m.family} members"
+                       if m.group is not None else
+                       "its peers are addresses the sandbox keeps for itself")
+        tries += [(peer, proto, port) for peer in peers[:3] for proto, port in services]
+    if not tries:
+        return _reason(why) or "no packet of the sandbox's matches it"
+    for t in list(dict.fromkeys(tries[:MAX_AUDIT_TRIES] + planned))[:MAX_AUDIT_TRIES]:
+        v = evaluate(doc, Expectation(*where, *t).packet())
+        if any((a.group, a.rule, a.policy) == (key.group, key.rule, key.policy)
+               for a in v.audits):
+            return t
+    return ("reached by no probe it matches: a rule before it decides each of them "
+            "(sgagent explain)")
 
 
 _PROTO = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}

@@ -208,14 +208,30 @@ OFFICE = {"id": "office", "direction": "inbound", "protocol": "tcp", "ports": 22
 
 
 def test_audit_counters_move_with_the_probes_that_reach_them(tmp_path):
-    """An audit rule decides nothing, so it is no row of the coverage; its counter must move
-    for every probe that reaches it (real packets), and nothing is taken for a stray counter."""
-    f = write(tmp_path, document(AUDIT, OFFICE))
-    r = sgagent("verify", "--json", "--strict", f)
+    """An audit rule decides nothing, but it is a row of the coverage: the probes that reached
+    it, their verdicts, and its counter, which must move for every one of them (real
+    packets); nothing is taken for a stray counter.  An audit rule no probe can reach is a
+    row too, not probed, with its reason."""
+    hidden = {**AUDIT, "id": "hidden-trial", "ports": 80, "source": "203.0.113.0/24",
+              "priority": 3}
+    f = write(tmp_path, document(AUDIT, OFFICE, REFUSE_DOC3, hidden))
+    r = sgagent("verify", "--json", f)
     assert r.returncode == 0, r.stdout + r.stderr
     out = json.loads(r.stdout)
     assert out["ok"] and out["stray"] == [] and out["unaudited"] == []
-    assert set(entries(out)) == {"office"}
+    cov = entries(out)
+    assert set(cov) == {"office", "trial", "no-doc3", "hidden-trial"}
+    trial = cov["trial"]
+    assert trial["mode"] == "audit" and trial["probed"] and trial["mismatches"] == 0
+    assert trial["counter_moved"] >= trial["probes"] >= 2
+    # it counts what reaches it on both sides: the office's let in, the rest of the world not
+    assert trial["verdicts"].get("open", 0) >= 1 and trial["verdicts"].get("dropped", 0) >= 1
+    assert not cov["hidden-trial"]["probed"]
+    assert cov["hidden-trial"]["reason"].startswith("reached by no probe it matches")
+    assert out["summary"].endswith("3 of 4 rules probed (1 not: see the coverage table)")
+    r = sgagent("verify", f)
+    row = next(line for line in r.stdout.splitlines() if line.startswith("sg/trial "))
+    assert "audit drop" in row and "counter moved" in row
 
 
 def test_an_audit_counter_that_did_not_move_is_a_mismatch():
@@ -239,3 +255,46 @@ def test_an_audit_counter_that_did_not_move_is_a_mismatch():
     assert not still.ok and still.unaudited == [(key, 0, len(reaching))]
     assert f"X counter eth0 inbound sg/trial (audit, would drop) moved by 0 but " \
            f"{len(reaching)} probes reached it" in still.table()
+
+
+def test_audit_rules_are_rows_of_the_coverage_probed_or_with_their_reason():
+    """Without the kernel: the plan finds, for each audit rule, a probe that reaches it and
+    that it matches (the evaluator says so), or says why there is none; the coverage shows
+    the counter moved, or a mismatch when it did not."""
+    from sgagent.ir import CounterKey
+    from sgagent.verify import coverage
+    wide = {**AUDIT, "id": "wide", "ports": 80, "priority": 2}   # behind the refused network
+    tunnel = {**{k: v for k, v in AUDIT.items() if k != "ports"}, "id": "tunnel",
+              "protocol": "gre", "source": "10.0.0.0/8"}
+    hidden = {**AUDIT, "id": "hidden", "ports": 80, "source": "203.0.113.0/24", "priority": 3}
+    doc, probes = plan(document(REFUSE_DOC3, WEB, wide, tunnel, hidden))
+    chain = dict(((n, d), k) for n, d, k in probes.chains)[("eth0", "inbound")]
+    assert {k.rule for k in chain if k.mode == "audit"} == {"wide", "tunnel", "hidden"}
+    why = reasons(probes)
+    assert set(why) == {"tunnel", "hidden"}
+    assert why["tunnel"] == "matches only protocols the sandbox does not probe (gre)"
+    assert why["hidden"].startswith("reached by no probe it matches")
+    reaching = [(e, v) for e, v in zip(probes.expectations, probes.verdicts)
+                if any(a.rule == "wide" for a in v.audits)]
+    assert reaching and all(e.port == 80 and not e.peer.startswith("203.0.113.")
+                            for e, _ in reaching)
+    key = CounterKey("eth0", "inbound", "sg", "wide", "drop", "audit")
+    observed = [e.outcome for e in probes.expectations]
+    decided: dict = {}
+    for e, v in zip(probes.expectations, probes.verdicts):
+        k = CounterKey(e.nic, e.direction, v.group, v.rule, v.verdict)
+        decided[k] = decided.get(k, 0) + 1
+    for moved, ok in ((len(reaching), True), (0, False)):
+        from sgagent.verify import compare
+        report = compare(doc, probes.expectations, observed, {}, {**decided, key: moved},
+                         probes.verdicts)
+        cov = coverage(doc, probes, report)
+        by = {(e.key.rule, e.direction): e for e in cov.entries}
+        w = by[("wide", "inbound")]
+        assert (w.probed, w.probes, w.moved, w.mismatches == 0) == (True, len(reaching), moved, ok)
+        row = next(r for r in cov.table_rows() if r[0] == "sg/wide")
+        assert row[3] == "audit drop" and f"counter moved {moved}" in row[6]
+        assert row[6].startswith("X") is not ok  # drawn in red on a terminal
+        assert not by[("tunnel", "inbound")].probed and not by[("hidden", "inbound")].probed
+        assert cov.line() == "3 of 5 rules probed (2 not: see the coverage table)"
+        assert w.as_dict()["mode"] == "audit" and w.as_dict()["counter_moved"] == moved
