@@ -21,7 +21,8 @@ unreachable, a write refused) is logged and retried with a backoff; registration
 longer than the lease's TTL -- the host's addresses have left every group by then, or will
 at once -- is logged as an error and ``report``-ed (the etcd source makes it an
 ``Unavailable`` of kind ``registration``: ``sgagent_source_errors_total{reason="registration"}``),
-again every TTL while it lasts, and its end is logged.  A thread that dies anyway is logged
+again every TTL while it lasts; its end is logged and, after such a report, ``report``-ed
+(kind ``recovered``: the source says it is current again, if it is).  A thread that dies anyway is logged
 with its traceback, reported (kind ``restarted``) and started again after a backoff; one that
 dies :data:`~sgagent.daemon.sources.MAX_RESTARTS` times in a row without finishing a step is
 given up (kind ``dead``), and :meth:`Registration.health` says so -- as it says when the thread
@@ -77,6 +78,7 @@ class Registration:
         self._reported_at = 0.0
         self._beat = time.monotonic()
         self._dead: str | None = None
+        self._owed = False  # a failure was reported: its end is reported too
         self._rfd, self._wfd = os.pipe()
         self._thread = threading.Thread(target=self._run, name="fleet-registration", daemon=True)
 
@@ -155,6 +157,7 @@ class Registration:
                 log.error("%s: %s; restarting it in %.1fs", self.endpoint_key, what, delay,
                           exc_info=True)
                 self._report("restarted", what)
+                self._owed = True
                 with self._lock:
                     self._reread = True
                 end = time.monotonic() + delay
@@ -209,6 +212,9 @@ class Registration:
             log.warning("fleet registration %s written again after %.0fs of failures",
                         self.endpoint_key, time.monotonic() - self.failing_since)
             self.failing_since = None
+        if self._owed:
+            self._owed = False
+            self._report("recovered", f"fleet registration {self.endpoint_key} written again")
 
     def _failed(self, reason: str) -> None:
         now = self._beat = time.monotonic()
@@ -224,6 +230,7 @@ class Registration:
             if first:
                 log.error("%s", text)
             self._report("registration", text)
+            self._owed = True
 
     def _wait(self, timeout: float | None) -> None:
         """Until a wake-up, an address notification or ``timeout`` seconds."""
