@@ -225,13 +225,17 @@ class EtcdSource(Source):
             from ..fleet.registration import Registration
             self.registration = Registration(self._client, self.cfg.prefix, self.host,
                                              self.cfg.lease_ttl, AddressWatch(self.netns),
-                                             self._registration_failed, self._restart_backoff)
+                                             self._registration_report, self._restart_backoff)
             self.registration.start()
         self._thread(self._run, "source-etcd")
 
-    def _registration_failed(self, kind: str, reason: str) -> None:
-        """The registration's failures, reported as the source's own (its module says which)."""
-        self._emit(Unavailable(reason, self.description, kind))
+    def _registration_report(self, kind: str, reason: str) -> None:
+        """The registration's failures, reported as the source's own (its module says which),
+        and their end: the source is current again, unless it is down itself."""
+        if kind != "recovered":
+            self._emit(Unavailable(reason, self.description, kind))
+        elif not self._unavailable and not self._down:
+            self._emit(Unchanged(self.description))
 
     def health(self) -> str | None:
         problem = super().health()
