@@ -14,6 +14,7 @@ import yaml
 
 from sgagent.daemon.config import EtcdSource as EtcdConfig
 from sgagent.daemon.source_etcd import EtcdSource
+from sgagent.daemon.sources import Unavailable, Unchanged
 from sgagent.fleet.assemble import contributions, with_members
 from sgagent.fleet.document import load_fleet
 from sgagent.fleet.publish import Refused, plan, push, status, validate
@@ -414,7 +415,7 @@ def registering_source(etcd: Any, events: list[Any], watch: Any) -> tuple[EtcdSo
     from sgagent.daemon.config import Backoff as BackoffConfig
     cfg = EtcdConfig(endpoints=[etcd.url], prefix=P, host="h1", lease_ttl=2, timeout=1)
     src = EtcdSource(cfg, events.append)
-    src.registration = Registration(src._client, P, "h1", 2, watch, src._registration_failed,
+    src.registration = Registration(src._client, P, "h1", 2, watch, src._registration_report,
                                     BackoffConfig(initial=0.1, max=0.2, jitter=0))
     return src, src.registration
 
@@ -445,6 +446,8 @@ def test_registration_failing_longer_than_its_lease_is_reported_and_recovers(etc
     wait_until(lambda: key in keys(etcd) and json.loads(keys(etcd)[key][1])
                == {"nics": {"eth0": ["10.0.0.9"]}}, 20, what="registered again")
     wait_until(lambda: reg.failing_since is None, 5, what="the failure's end")
+    # its end: the source is current again (the daemon's sgagent_source_up back to 1)
+    wait_until(lambda: isinstance(events[-1], Unchanged), 5, what="the source current again")
     n = len(events)
     time.sleep(2.5)
     assert len(events) == n and src.health() is None
@@ -461,7 +464,8 @@ def test_a_registration_thread_that_dies_is_reported_and_restarted(etcd):
     wait_until(lambda: key in keys(etcd), 5, what="registration")
     watch.change({"eth0": ["10.0.0.2"]})  # the notification breaks the socket, twice
     wait_until(lambda: reg.restarts == 2, 10, what="two restarts")
-    assert [e.kind for e in events] == ["restarted", "restarted"]
+    assert [getattr(e, "kind", "current") for e in events][:3] == [
+        "restarted", "current", "restarted"]  # each restart a step's success (Unchanged) ends
     assert "fleet registration thread died (OSError" in events[0].reason
     wait_until(lambda: json.loads(keys(etcd)[key][1]) == {"nics": {"eth0": ["10.0.0.2"]}}, 10,
                what="the address read again by the restarted thread")
@@ -486,6 +490,7 @@ def test_a_registration_thread_that_keeps_dying_is_given_up_and_fails_health(etc
     reg.start()
     reg.follow(["eth0"])
     wait_until(lambda: reg.dead, 15, what="given up")
-    assert [e.kind for e in events] == ["restarted"] * MAX_RESTARTS + ["dead"]
+    assert [e.kind for e in events if isinstance(e, Unavailable)] == \
+        ["restarted"] * MAX_RESTARTS + ["dead"]
     assert src.dead and "not restarted" in (src.health() or "")
     reg.stop()
