@@ -58,6 +58,11 @@ class IptBackend:
     def counters(self) -> list[CounterReading]:
         return self.kernel.counters()
 
+    def suppressed(self) -> list[CounterReading]:
+        """Per logged decision, the flow records its rate limit held back (SEMANTICS section
+        9): what the metrics report as ``sgagent_log_suppressed``."""
+        return self.kernel.suppressed()
+
     def live_text(self) -> str:
         """sgagent's chains, jumps and sets as the kernel holds them, counters aside, in an
         order that does not depend on the order they were made in ('' if none)."""

@@ -22,7 +22,7 @@ from typing import Callable
 
 from .. import netns
 from ..backend.kernel import CounterReading, Refused
-from .names import PREFIX, ROOTS
+from .names import PREFIX, ROOTS, key_of, suppressed_key
 from .render import FAMILIES, Tables
 from .rules import Saved, counters_in, parse_ipset_save, parse_save, restore_script, unhook_script
 
@@ -74,16 +74,21 @@ class IptKernel:
     def live(self) -> Live:
         return Live({f: self.save(f) for f in FAMILIES}, self.ipsets())
 
-    def counters(self) -> list[CounterReading]:
+    def counters(self, of=key_of) -> list[CounterReading]:
         """Every sgagent counter, from one ``iptables-save -c`` and one ``ip6tables-save -c``
         (a decision counts in both families: the sum)."""
         total: dict = {}
         for family in FAMILIES:
             text = self.run([self.tool(family, "save"), "-t", "filter", "-c"])
-            for key, (p, b) in counters_in(text).items():
+            for key, (p, b) in counters_in(text, of).items():
                 op, ob = total.get(key, (0, 0))
                 total[key] = (op + p, ob + b)
         return [CounterReading(k, p, b) for k, (p, b) in total.items()]
+
+    def suppressed(self) -> list[CounterReading]:
+        """Per logged decision, the records its rate limit suppressed (``packets``), summed
+        over both families (each has a limit of its own)."""
+        return self.counters(suppressed_key)
 
     def fingerprint(self) -> str:
         """A cheap digest of sgagent's chains, jumps and set names (not elements)."""

@@ -53,6 +53,26 @@ def comment_of(key: CounterKey) -> str:
     return B64 + base64.urlsafe_b64encode(text.encode()).decode()
 
 
+SUPPRESSED = "%|"  # a suppressed-records comment: this, then its decision's (as nftables)
+
+
+def suppressed_comment(key: CounterKey) -> str:
+    """The comment of the rules that count what a logged decision's rate limit held back;
+    :func:`key_of` reads no decision from it (so no rule counter sums it)."""
+    return B64 + base64.urlsafe_b64encode((SUPPRESSED + counter_comment(key)).encode()).decode()
+
+
+def suppressed_key(comment: str) -> CounterKey | None:
+    """The logged decision of a suppressed-records comment (None: another comment)."""
+    if not comment.startswith(B64):
+        return None
+    try:
+        text = base64.urlsafe_b64decode(comment[len(B64):]).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return parse_comment(text[len(SUPPRESSED):]) if text.startswith(SUPPRESSED) else None
+
+
 def key_of(comment: str) -> CounterKey | None:
     if comment.startswith(B64):
         try:

@@ -27,10 +27,12 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from ..allowances import DHCP_PORTS, LINK_ICMPV6
-from ..ir import Chain, CounterKey, Decision, GroupSet, Match, Ruleset
+from ..flowlog.prefix import encode as log_prefix
+from ..ir import Chain, CounterKey, Decision, GroupSet, LogSpec, Match, Ruleset
 from ..partition import Painted, overlay
 from ..peerclass import ICMP, TCP, UDP, Plan, other_protocols, plan_chain
-from .names import ROOTS, comment_of, content_chain, content_set, interface_problem, nic_chain
+from .names import (ROOTS, comment_of, content_chain, content_set, interface_problem, nic_chain,
+                    suppressed_comment)
 
 RENDERINGS = ("sets", "linear")
 FAMILIES = (4, 6)
@@ -39,6 +41,9 @@ _IFACE = {"inbound": "-i", "outbound": "-o"}
 _ICMP = {4: ("icmp", "--icmp-type", "icmp-admin-prohibited"),
          6: ("ipv6-icmp", "--icmpv6-type", "icmp6-adm-prohibited")}
 _BITS = {4: 32, 6: 128}
+SNAPLEN = 128  # bytes of each logged packet sent to the reader: the IP and L4 headers
+_LIMIT_UNITS = (("day", 86400), ("hour", 3600), ("min", 60), ("sec", 1))  # as libxt_limit
+_LIMIT_SCALE = 10000
 INLINE_CLASS = 0  # rules of a class written into its lookup node instead of a chain (off: see the README)
 
 
@@ -67,6 +72,7 @@ class Tables:
         default_factory=lambda: {4: {}, 6: {}})
     sets: dict[str, IpSet] = field(default_factory=dict)
     counters: dict[str, CounterKey] = field(default_factory=dict)  # comment -> key
+    suppressed: dict[str, CounterKey] = field(default_factory=dict)  # comment -> logged key
 
     def add_chain(self, family: int, rules: list[str] | tuple[str, ...], kind: str) -> str:
         rules = tuple(rules)
@@ -120,10 +126,10 @@ def render(rs: Ruleset, rendering: str = "sets") -> Tables:
         if problem:
             raise RenderError(f"host.nics: {chain.nic!r} cannot be matched exactly by "
                               f"iptables: {problem}")
-        if any(d.log is not None or d.audit for d in (*chain.decisions, chain.default)):
-            raise RenderError(f"{chain.nic} {chain.direction}: flow logs and audit rules "
-                              f"(log, mode: audit, log_default) are not rendered by the "
-                              f"iptables backend yet; use --backend nftables")
+        if any(d.audit for d in chain.decisions):
+            raise RenderError(f"{chain.nic} {chain.direction}: audit rules (mode: audit) are "
+                              f"not rendered by the iptables backend yet; use --backend "
+                              f"nftables")
     t = Tables()
     groups = {g.name: g for g in rs.groups}
     for chain in rs.chains:
@@ -140,6 +146,13 @@ def render(rs: Ruleset, rendering: str = "sets") -> Tables:
         rules = [f"-m comment --comment {comment_of(k)} -j RETURN" for k in missing]
         t.add_chain(4, rules, "z")
         t.counters.update((comment_of(k), k) for k in missing)
+    # so do logged decisions whose log chain nothing reaches: their suppressed counter
+    gone = [k for c in rs.chains for k, _ in logged(c)
+            if suppressed_comment(k) not in t.suppressed]
+    if gone:
+        t.add_chain(4, [f"-m comment --comment {suppressed_comment(k)} -j RETURN"
+                        for k in gone], "z")
+        t.suppressed.update((suppressed_comment(k), k) for k in gone)
     for family in FAMILIES:
         for hook, dirs in (("INPUT", ["inbound"]), ("FORWARD", ["inbound", "outbound"]),
                            ("OUTPUT", ["outbound"])):
@@ -147,6 +160,34 @@ def render(rs: Ruleset, rendering: str = "sets") -> Tables:
                 f"{_IFACE[c.direction]} {c.nic} -j {nic_chain(c.nic, c.direction)}"
                 for d in dirs for c in rs.chains if c.direction == d)
     return t
+
+
+def logged(chain: Chain) -> list[tuple[CounterKey, LogSpec]]:
+    """The chain's logged decisions, with their log: a default's log also reports what inner
+    access accepts (both are what the default decides)."""
+    out = [(d.counter, d.log) for d in chain.decisions if d.log is not None]
+    if chain.default.log is not None:
+        if chain.inner_counter is not None:
+            out.append((chain.inner_counter, chain.default.log))
+        out.append((chain.default.counter, chain.default.log))
+    return out
+
+
+def limit_match(log: LogSpec) -> str:
+    """``-m limit`` as ``iptables-save`` prints it: the rate in the largest unit that keeps
+    it whole (libxt_limit's print_rate), the burst only where it is not the default 5."""
+    period = _LIMIT_SCALE * dict(second=1, minute=60, hour=3600)[log.unit] // log.rate
+    if period == 0:
+        raise RenderError(f"log_rate {log.rate}/{log.unit} is too fast for iptables' limit")
+    i = 1
+    while i < len(_LIMIT_UNITS):
+        mult = _LIMIT_UNITS[i][1] * _LIMIT_SCALE
+        if period > mult or mult // period < mult % period:
+            break
+        i += 1
+    name, secs = _LIMIT_UNITS[i - 1]
+    burst = f" --limit-burst {log.burst}" if log.burst != 5 else ""
+    return f"-m limit --limit {secs * _LIMIT_SCALE // period}/{name}{burst}"
 
 
 def preamble(direction: str, family: int) -> list[str]:
@@ -166,6 +207,7 @@ class _ChainRenderer:
         self.t, self.chain, self.family, self.groups = t, chain, family, groups
         self.addr = _ADDR[chain.direction]
         self._tail: str | None = None
+        self.logs = dict(logged(chain))
 
     # -- counting and the tail ---------------------------------------------------------------
     def verdict(self, key: CounterKey, action: str, proto: str | None, addr: str = "",
@@ -181,6 +223,8 @@ class _ChainRenderer:
         def rule(p: str | None, target: str) -> str:
             p = None if p == "*" else p  # "*": what is left after tcp, udp and ICMP
             return " ".join(x for x in (addr, p and f"-p {p}", rest, c, target) if x)
+        if key in self.logs:
+            return [rule(proto, f"-g {self.log_chain(key, action)}")]
         if action == "accept":
             return [rule(proto, "-j RETURN")]
         if action == "drop":
@@ -191,6 +235,37 @@ class _ChainRenderer:
         if proto is None:
             return [rule("tcp", "-j REJECT --reject-with tcp-reset"), rule(None, icmp)]
         return [rule(proto, icmp)]
+
+    def targets(self, action: str) -> list[str]:
+        """The verdict of a log chain, for any protocol: reject answers tcp with a reset
+        first, anything else with admin-prohibited."""
+        if action == "accept":
+            return ["-j RETURN"]
+        if action == "drop":
+            return ["-j DROP"]
+        return ["-p tcp -j REJECT --reject-with tcp-reset",
+                f"-j REJECT --reject-with {_ICMP[self.family][2]}"]
+
+    def log_chain(self, key: CounterKey, action: str) -> str:
+        """A logged decision's chain (SEMANTICS section 9): under its rate limit (evaluated
+        once per packet) the packet goes on to a chain that sends it to the NFLOG group with
+        the decision's tag and decides; over it, a rule carrying the decision's suppressed
+        comment counts it and decides."""
+        log = self.logs[key]
+        prefix = log_prefix(key)
+        if '"' in prefix or "\\" in prefix:
+            raise RenderError(f"{key.nic} {key.direction}: the flow log tag {prefix!r} cannot "
+                              f"be written for iptables")
+        nflog = (f'-j NFLOG --nflog-prefix "{prefix}"'
+                 + (f" --nflog-group {log.group}" if log.group else "")
+                 + f" --nflog-size {SNAPLEN}")
+        report = self.t.add_chain(self.family, [nflog, *self.targets(action)], "f")
+        s = suppressed_comment(key)
+        self.t.suppressed[s] = key
+        rules = [f"{limit_match(log)} -g {report}",
+                 *(_with(v, f"-m comment --comment {s}") if v.startswith("-p ")
+                   else f"-m comment --comment {s} {v}" for v in self.targets(action))]
+        return self.t.add_chain(self.family, rules, "l")
 
     def member_set(self, group: str) -> str:
         g = self.groups.get(group)

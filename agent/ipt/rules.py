@@ -8,7 +8,7 @@ import re
 import socket
 from dataclasses import dataclass, field
 
-from .names import PREFIX, ROOTS, key_of
+from .names import PREFIX, ROOTS, key_of, suppressed_key
 from ..ir import CounterKey
 
 
@@ -76,9 +76,11 @@ def comment_in(rule: str) -> str:
 _COUNTED = re.compile(r'^\[(\d+):(\d+)\] -A sgagent\S* .*?--comment "?([^ "\n]*)', re.M)
 
 
-def counters_in(text: str) -> dict[CounterKey, tuple[int, int]]:
+def counters_in(text: str, of=key_of) -> dict[CounterKey, tuple[int, int]]:
     """Per decision, the sum of its rules' counters in an ``iptables-save -c`` of the filter
-    table (one pass of a regular expression: what a metrics scrape reads)."""
+    table (one pass of a regular expression: what a metrics scrape reads).  ``of`` reads a
+    comment's decision: :func:`sgagent.ipt.names.suppressed_key` gives, per logged decision,
+    the packets its rate limit kept from the flow log (suppressed records)."""
     by: dict[str, list[int]] = {}
     for p, b, c in _COUNTED.findall(text):
         acc = by.setdefault(c, [0, 0])
@@ -86,7 +88,7 @@ def counters_in(text: str) -> dict[CounterKey, tuple[int, int]]:
         acc[1] += int(b)
     out: dict[CounterKey, tuple[int, int]] = {}
     for c, (p, b) in by.items():
-        key = key_of(c)
+        key = of(c)
         if key is not None:
             op, ob = out.get(key, (0, 0))
             out[key] = (op + p, ob + b)

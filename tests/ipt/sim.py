@@ -9,7 +9,7 @@ import ipaddress
 import shlex
 import socket
 
-from sgagent.ipt.names import ROOTS, key_of
+from sgagent.ipt.names import ROOTS, key_of, suppressed_key
 from sgagent.ipt.render import Tables
 
 PROTO = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
@@ -62,6 +62,11 @@ def matches(t: Tables, tokens: list[str], p: Packet) -> tuple[bool, list[str]]:
             if arg == "comment":
                 i += 4
                 continue
+            if arg == "limit":  # the packet is within the limit unless it says it is not
+                if getattr(p, "over_limit", False):
+                    return False, []
+                i += 4 if tokens[i + 4:i + 5] != ["--limit-burst"] else 6
+                continue
         elif tok == "--dport":
             lo, _, hi = arg.partition(":")
             if p.dport is None or not int(lo) <= p.dport <= int(hi or lo):
@@ -93,6 +98,7 @@ def run(t: Tables, hook: str, p: Packet) -> list[tuple[str, object]]:
     family = p.src.version
     chains = t.chains[family]
     key = None
+    events = p.events = []  # ("log", prefix) and ("suppressed", key), in order
     stack: list[tuple[str, int]] = []
     chain, i = ROOTS[hook], 0
     steps = 0
@@ -111,8 +117,15 @@ def run(t: Tables, hook: str, p: Packet) -> list[tuple[str, object]]:
         if not ok:
             continue
         if "--comment" in tokens:
-            key = key_of(tokens[tokens.index("--comment") + 1])
+            comment = tokens[tokens.index("--comment") + 1]
+            if suppressed_key(comment) is not None:
+                events.append(("suppressed", suppressed_key(comment)))
+            else:
+                key = key_of(comment)
         verb, what = target[0], target[1]
+        if what == "NFLOG":  # reports, and evaluation goes on
+            events.append(("log", target[target.index("--nflog-prefix") + 1]))
+            continue
         if what == "RETURN":
             if not stack:
                 return [("accept", key)]

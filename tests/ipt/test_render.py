@@ -6,6 +6,7 @@ real packets."""
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 
 import pytest
@@ -16,28 +17,36 @@ from sgagent.compiler import compile_document
 from sgagent.evaluator import Packet as EvPacket
 from sgagent.evaluator import evaluate
 from sgagent.ipt.names import comment_of, key_of
-from sgagent.ipt.render import RenderError, cidrs, render
+from sgagent.flowlog.prefix import encode as log_prefix
+from sgagent.ipt.render import RenderError, cidrs, logged, render
 from sgagent.ipt.rules import Saved, counters_in, normal_rule, parse_save, restore_script
 from sgagent.ir import CounterKey
 from sgagent.load import load_file, parse_data
 
 from ..strategies import documents, probes
-from .flowlogs import without_flow_logs
+from .flowlogs import without_audit
 from .sim import PROTO, Packet, run
 
 HOST = {4: "192.0.2.1", 6: "2001:db8:ffff::1"}
 
 
-def _verdict(t, nic: str, direction: str, peer: str, proto: str, port):
+def _verdict(t, nic: str, direction: str, peer: str, proto: str, port, over=False,
+             events=None):
     addr = ipaddress.ip_address(peer)
     icmp = 8 if proto == "icmp" else 128 if proto == "icmpv6" else None
     dport = port if proto in ("tcp", "udp") else None
     me = HOST[addr.version]
     if direction == "inbound":
         p = Packet(nic, None, peer, me, PROTO[proto], dport, icmp)
-        return run(t, "INPUT", p)[0]
-    p = Packet(None, nic, me, peer, PROTO[proto], dport, icmp)
-    return run(t, "OUTPUT", p)[0]
+        hook = "INPUT"
+    else:
+        p = Packet(None, nic, me, peer, PROTO[proto], dport, icmp)
+        hook = "OUTPUT"
+    p.over_limit = over
+    out = run(t, hook, p)[0]
+    if events is not None:
+        events[:] = p.events
+    return out
 
 
 @pytest.mark.parametrize("rendering", ["sets", "linear"])
@@ -45,9 +54,11 @@ def _verdict(t, nic: str, direction: str, peer: str, proto: str, port):
           suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_rendering_agrees_with_oracle(rendering, data):
-    raw = without_flow_logs(data.draw(documents()))
+    raw = without_audit(data.draw(documents()))
     doc = parse_data(raw)
-    t = render(compile_document(doc), rendering)
+    rs = compile_document(doc)
+    t = render(rs, rendering)
+    logs = {k: log for c in rs.chains for k, log in logged(c)}
     for nic, direction, peer, proto, port in data.draw(probes(raw, 30)):
         v = evaluate(doc, EvPacket(nic, direction, ipaddress.ip_address(peer), proto,
                                    port if proto in ("tcp", "udp") else None,
@@ -57,6 +68,16 @@ def test_rendering_agrees_with_oracle(rendering, data):
         if v.reason != "allowance":
             assert key is not None and (key.group, key.rule, key.policy) == \
                 (v.group, v.rule, v.verdict), (nic, direction, peer, proto, port, v, key)
+        # a logged decision reports the packet under its limit, counts it as suppressed over
+        # it, and decides the same either way; one that does not log does neither
+        for over in (False, True):
+            events: list = []
+            assert _verdict(t, nic, direction, peer, proto, port, over, events)[0] == verdict
+            if key in logs and v.reason != "allowance":
+                assert events == ([("suppressed", key)] if over else
+                                  [("log", log_prefix(key))]), (key, events)
+            else:
+                assert events == [], (key, events)
 
 
 def test_names_fit_iptables_and_ipset():
@@ -80,6 +101,24 @@ def test_interface_iptables_reads_as_a_pattern_is_refused():
            "security_groups": {"sg": {"rules": []}}}
     with pytest.raises(RenderError, match=r"eth\+.*wildcard"):
         render(compile_document(parse_data(raw)))
+
+
+def test_audit_rules_are_refused_with_a_clear_message_flow_logs_rendered():
+    raw = {"version": 1, "host": {"instance": "i", "account": "1",
+                                  "nics": [{"name": "eth0", "security_groups": ["sg"],
+                                            "log_default": True}]},
+           "security_groups": {"sg": {"rules": [
+               {"id": "web", "direction": "inbound", "protocol": "tcp", "ports": 80,
+                "source": "198.51.100.0/24", "log": True, "log_rate": "2/second burst 4"}]}}}
+    t = render(compile_document(parse_data(raw)))
+    rules = [r for c in t.chains[4].values() for r in c]
+    assert "-m limit --limit 2/sec --limit-burst 4 -g" in " ".join(rules)
+    assert sum("--nflog-prefix" in r for r in rules) == 3  # web, both defaults
+    audit = copy.deepcopy(raw)
+    audit["security_groups"]["sg"]["rules"][0]["mode"] = "audit"
+    with pytest.raises(RenderError, match=r"eth0 inbound: audit rules \(mode: audit\) are not "
+                                          r"rendered by the iptables backend"):
+        render(compile_document(parse_data(audit)))
 
 
 @pytest.mark.parametrize("text", ["eth0|in|a|sg-1|ssh", "eth0|in|d||default",
