@@ -229,6 +229,8 @@ class Daemon:
             if self.backend.name == "nftables":
                 from ..nft.logcounters import SuppressedReader
                 suppressed = SuppressedReader(self.cfg.netns)
+            elif self.backend.name == "iptables":  # from its iptables-save -c
+                suppressed = self.backend.suppressed
             registry = build_registry(self.stats, self.backend.counters,
                                       flowlog=self.flow_logs, read_suppressed=suppressed)
             self.metrics_server = MetricsServer(registry, m.address, m.port,
