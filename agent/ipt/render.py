@@ -126,10 +126,6 @@ def render(rs: Ruleset, rendering: str = "sets") -> Tables:
         if problem:
             raise RenderError(f"host.nics: {chain.nic!r} cannot be matched exactly by "
                               f"iptables: {problem}")
-        if any(d.audit for d in chain.decisions):
-            raise RenderError(f"{chain.nic} {chain.direction}: audit rules (mode: audit) are "
-                              f"not rendered by the iptables backend yet; use --backend "
-                              f"nftables")
     t = Tables()
     groups = {g.name: g for g in rs.groups}
     for chain in rs.chains:
@@ -138,7 +134,7 @@ def render(rs: Ruleset, rendering: str = "sets") -> Tables:
             r = _ChainRenderer(t, chain, family, groups)
             body = r.lookup(plans[family]) if plans else r.linear()
             t.chains[family][nic_chain(chain.nic, chain.direction)] = \
-                tuple(preamble(chain.direction, family) + body)
+                tuple(preamble(chain.direction, family) + r.audit_stages() + body)
     # Decisions no rule renders (painted over everywhere by those before them) still have a
     # counter, at zero: a chain nothing jumps to holds a rule with their comment each.
     missing = [k for c in rs.chains for k in c.counters if comment_of(k) not in t.counters]
@@ -223,6 +219,8 @@ class _ChainRenderer:
         def rule(p: str | None, target: str) -> str:
             p = None if p == "*" else p  # "*": what is left after tcp, udp and ICMP
             return " ".join(x for x in (addr, p and f"-p {p}", rest, c, target) if x)
+        if key.mode == "audit":  # counts, reports "would ...", decides nothing
+            return [rule(proto, f"-j {self.log_chain(key, action)}")]
         if key in self.logs:
             return [rule(proto, f"-g {self.log_chain(key, action)}")]
         if action == "accept":
@@ -259,12 +257,14 @@ class _ChainRenderer:
         nflog = (f'-j NFLOG --nflog-prefix "{prefix}"'
                  + (f" --nflog-group {log.group}" if log.group else "")
                  + f" --nflog-size {SNAPLEN}")
-        report = self.t.add_chain(self.family, [nflog, *self.targets(action)], "f")
+        # an audit decision's chains end without a verdict: back to the rule that jumped
+        verdict = [] if key.mode == "audit" else self.targets(action)
+        report = self.t.add_chain(self.family, [nflog, *verdict], "f")
         s = suppressed_comment(key)
         self.t.suppressed[s] = key
         rules = [f"{limit_match(log)} -g {report}",
-                 *(_with(v, f"-m comment --comment {s}") if v.startswith("-p ")
-                   else f"-m comment --comment {s} {v}" for v in self.targets(action))]
+                 *(_with(v, f"-m comment --comment {s}")
+                   for v in verdict or ["-j RETURN"])]
         return self.t.add_chain(self.family, rules, "l")
 
     def member_set(self, group: str) -> str:
@@ -437,12 +437,37 @@ class _ChainRenderer:
     def linear(self) -> list[str]:
         rules = []
         for d in self.chain.decisions:
+            if d.audit:  # never decides: see audit_stages
+                continue
             for m in d.matches:
                 if m.family == self.family:
                     rules += self._match_rules(m, d)
         return rules + [f"-g {self.tail()}"]
 
-    def _match_rules(self, m: Match, d: Decision) -> list[str]:
+    # -- audit rules ------------------------------------------------------------------------
+    def audit_stages(self) -> list[str]:
+        """A jump per audit decision (SEMANTICS section 9), in the chain's order, before the
+        lookup: its stage chain returns on what an enforced decision before it would decide
+        (uncounted), and goes on, for what it matches, to a chain that counts it once and
+        jumps to its log chain ("would ..."); either way evaluation goes on in the NIC
+        chain, which decides as if the audit rule were not there."""
+        out = []
+        for i, d in enumerate(self.chain.decisions):
+            if not d.audit:
+                continue
+            own = [r for m in d.matches if m.family == self.family
+                   for r in self._match_rules(m, d, lambda: ["-g HIT"])]
+            if not own:
+                continue  # nothing of this family: its counter is made as any unrendered one
+            hit = self.t.add_chain(self.family, self.verdict(d.counter, d.action, None), "a")
+            rules = [r for e in self.chain.decisions[:i] if not e.audit for m in e.matches
+                     if m.family == self.family
+                     for r in self._match_rules(m, e, lambda: ["-j RETURN"])]
+            rules += [r[:-len("HIT")] + hit for r in own]
+            out.append(f"-j {self.t.add_chain(self.family, rules, 'a')}")
+        return out
+
+    def _match_rules(self, m: Match, d: Decision, target=None) -> list[str]:
         flag = "-s" if self.addr == "src" else "-d"
         if m.group is not None:
             peers = [("", f"-m set --match-set {self.member_set(m.group)} {self.addr}")]
@@ -463,6 +488,9 @@ class _ChainRenderer:
                 [(l4, f"-m {'icmp' if self.family == 4 else 'icmp6'} {iflag} {m.icmp_type}")]
         else:
             protos = [(m.proto, "")]
+        if target is not None:  # the rule's matches, then the targets ``target`` gives
+            return [" ".join(x for x in (addr, proto and f"-p {proto}", port, peer, t) if x)
+                    for addr, peer in peers for proto, port in protos for t in target()]
         return [r for addr, peer in peers for proto, port in protos
                 for r in self.verdict(d.counter, d.action, proto, addr,
                                       " ".join(x for x in (port, peer) if x))]

@@ -110,3 +110,62 @@ def test_records_and_suppressed_counts(root, variant, tmp_path):
     # rules that do not log write nothing, and the default (not logged) neither
     assert "quiet" not in by_rule and packets["quiet"] == 1
     assert set(by_rule) == {"web", "no-telnet", "no-smtp"}
+
+
+AUDIT = {
+    "version": 1,
+    "host": {"instance": "i-iaudit", "account": "1",
+             "nics": [{"name": "eth0", "security_groups": ["sg-a"]}]},
+    "security_groups": {"sg-a": {"rules": [
+        {"id": "app", "direction": "inbound", "protocol": "tcp", "ports": "8080-8081",
+         "source": "198.51.100.0/24", "priority": 2},
+        {"id": "trial-deny", "direction": "inbound", "protocol": "tcp", "ports": 8080,
+         "source": "0.0.0.0/0", "policy": "drop", "mode": "audit", "priority": 2},
+        {"id": "early", "direction": "inbound", "protocol": "tcp", "ports": 8080,
+         "source": "198.51.100.20", "priority": 1},
+        {"id": "quiet", "direction": "inbound", "protocol": "tcp", "ports": 8081,
+         "source": "198.51.100.0/24"},
+    ]}},
+}
+
+
+@pytest.mark.parametrize("rendering", ["sets", "linear"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_audit_rule_counts_and_logs_what_reaches_it_and_decides_nothing(root, variant,
+                                                                        rendering, tmp_path):
+    doc = parse_data(AUDIT)
+    peers = [f"198.51.100.{10 + i}" for i in range(3)]
+    probes = [(p, 8080) for p in peers] + [("198.51.100.20", 8080), (peers[0], 8081),
+                                             ("203.0.113.5", 8080)]
+    verdicts = [evaluate(doc, Expectation("eth0", "inbound", p, "tcp", port).packet())
+                for p, port in probes]
+    # the oracle: trial-deny is reached by app's peers (at the same priority a drop comes
+    # before an accept) and by the outsider (the default drops it), not by the packet "early"
+    # (priority 1) decides first
+    assert [bool(v.audits) for v in verdicts] == [True, True, True, False, False, True]
+    with Sandbox([("eth0", "vpc")], prefix=f"sga{secrets.token_hex(3)}") as sb:
+        for port in (8080, 8081):
+            sb.ensure_tcp_listener("host", port)
+        reader = FlowLogReader(FileSink(tmp_path), NFLOG_GROUP, "i-iaudit", sb.host_ns).start()
+        try:
+            with IptBackend(sb.host_ns, rendering, variant=variant) as be:
+                be.apply(compile_document(doc))
+                got = sb.probe_many([Probe("eth0", "inbound", p, "tcp", port)
+                                     for p, port in probes], timeout=0.5)
+                time.sleep(0.5)
+                packets = {r.key.rule: r.packets for r in be.counters() if r.key.group}
+                assert be.diff(compile_document(doc)) == ""
+        finally:
+            reader.stop()
+    # both sides: decided as if the audit rule were not there
+    assert got == [Outcome.OPEN] * 5 + [Outcome.DROPPED]
+    assert [outcome_of(v.verdict, False) for v in verdicts] == ["open"] * 5 + ["dropped"]
+    recs = records(tmp_path)
+    assert {r["verdict"] for r in recs} == {"would drop"}
+    assert sorted(r["src"] for r in recs if r["rule"] == "trial-deny") == \
+        sorted(peers + ["203.0.113.5"])
+    assert packets["trial-deny"] >= 4  # the outsider's SYN may be sent again
+    decided = {r: sum(v.rule == r for v in verdicts) for r in ("app", "early", "quiet")}
+    assert decided == {"app": 3, "early": 1, "quiet": 1}
+    assert {r: packets[r] for r in decided} == decided
+    assert len(recs) == packets["trial-deny"]

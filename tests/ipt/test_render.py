@@ -6,7 +6,6 @@ real packets."""
 
 from __future__ import annotations
 
-import copy
 import ipaddress
 
 import pytest
@@ -24,7 +23,6 @@ from sgagent.ir import CounterKey
 from sgagent.load import load_file, parse_data
 
 from ..strategies import documents, probes
-from .flowlogs import without_audit
 from .sim import PROTO, Packet, run
 
 HOST = {4: "192.0.2.1", 6: "2001:db8:ffff::1"}
@@ -54,7 +52,7 @@ def _verdict(t, nic: str, direction: str, peer: str, proto: str, port, over=Fals
           suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_rendering_agrees_with_oracle(rendering, data):
-    raw = without_audit(data.draw(documents()))
+    raw = data.draw(documents())
     doc = parse_data(raw)
     rs = compile_document(doc)
     t = render(rs, rendering)
@@ -70,14 +68,16 @@ def test_rendering_agrees_with_oracle(rendering, data):
                 (v.group, v.rule, v.verdict), (nic, direction, peer, proto, port, v, key)
         # a logged decision reports the packet under its limit, counts it as suppressed over
         # it, and decides the same either way; one that does not log does neither
+        # audit rules reached (those no enforced rule before them decides) report "would ..."
+        # first, in order, and decide nothing
+        audits = [CounterKey(nic, direction, a.group, a.rule, a.policy, "audit")
+                  for a in v.audits]
         for over in (False, True):
             events: list = []
             assert _verdict(t, nic, direction, peer, proto, port, over, events)[0] == verdict
-            if key in logs and v.reason != "allowance":
-                assert events == ([("suppressed", key)] if over else
-                                  [("log", log_prefix(key))]), (key, events)
-            else:
-                assert events == [], (key, events)
+            logged_keys = audits + ([key] if key in logs and v.reason != "allowance" else [])
+            assert events == [("suppressed", k) if over else ("log", log_prefix(k))
+                              for k in logged_keys], (key, v, events)
 
 
 def test_names_fit_iptables_and_ipset():
@@ -103,7 +103,7 @@ def test_interface_iptables_reads_as_a_pattern_is_refused():
         render(compile_document(parse_data(raw)))
 
 
-def test_audit_rules_are_refused_with_a_clear_message_flow_logs_rendered():
+def test_flow_logs_are_rendered():
     raw = {"version": 1, "host": {"instance": "i", "account": "1",
                                   "nics": [{"name": "eth0", "security_groups": ["sg"],
                                             "log_default": True}]},
@@ -114,11 +114,6 @@ def test_audit_rules_are_refused_with_a_clear_message_flow_logs_rendered():
     rules = [r for c in t.chains[4].values() for r in c]
     assert "-m limit --limit 2/sec --limit-burst 4 -g" in " ".join(rules)
     assert sum("--nflog-prefix" in r for r in rules) == 3  # web, both defaults
-    audit = copy.deepcopy(raw)
-    audit["security_groups"]["sg"]["rules"][0]["mode"] = "audit"
-    with pytest.raises(RenderError, match=r"eth0 inbound: audit rules \(mode: audit\) are not "
-                                          r"rendered by the iptables backend"):
-        render(compile_document(parse_data(audit)))
 
 
 @pytest.mark.parametrize("text", ["eth0|in|a|sg-1|ssh", "eth0|in|d||default",

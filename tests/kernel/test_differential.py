@@ -19,7 +19,6 @@ from sgagent.load import parse_data
 from sgagent.verify import Expectation, check, outcome_of
 from sgagent.evaluator import evaluate
 
-from ..ipt.flowlogs import without_audit
 from ..strategies import V4_PEERS, V6_PEERS, documents, probes
 
 EXAMPLES = int(os.environ.get("SGAGENT_DIFF_EXAMPLES", "200"))
@@ -40,8 +39,6 @@ def expectations(doc, raw) -> list[Expectation]:
 def _run(sandboxes, data, rendering: str, members_only: bool = False,
          backend_name: str = "nftables") -> None:
     raw_doc = data.draw(documents())
-    if backend_name == "iptables":
-        raw_doc = without_audit(raw_doc)  # it renders flow logs, but refuses audit rules
     doc = parse_data(raw_doc)
     sb, backend = sandboxes([(n.name, n.role) for n in doc.host.nics], rendering, backend_name)
     if members_only:
