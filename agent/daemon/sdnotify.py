@@ -13,6 +13,11 @@ import socket
 
 log = logging.getLogger(__name__)
 
+# How long one message may wait for room in the receiver's queue (a datagram socket holds
+# net.unix.max_dgram_qlen messages, 10 by default): a service manager that does not read must
+# not hold up the daemon's loop, and so its watchdog and health checks, for ever.
+SEND_TIMEOUT = 1.0
+
 
 class Notifier:
     def __init__(self, environ: dict[str, str] | None = None) -> None:
@@ -55,8 +60,13 @@ class Notifier:
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                self._sock.settimeout(SEND_TIMEOUT)
             self._sock.sendto(msg, self.address)  # type: ignore[arg-type]
             return True
+        except TimeoutError:
+            log.warning("sd_notify %r dropped: the service manager took nothing from its socket "
+                        "for %g s", lines, SEND_TIMEOUT)
+            return False
         except OSError as exc:
             log.debug("sd_notify %r failed: %s", lines, exc)
             return False
