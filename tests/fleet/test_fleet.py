@@ -463,7 +463,10 @@ def test_a_registration_thread_that_dies_is_reported_and_restarted(etcd):
     reg.follow(["eth0"])
     wait_until(lambda: key in keys(etcd), 5, what="registration")
     watch.change({"eth0": ["10.0.0.2"]})  # the notification breaks the socket, twice
-    wait_until(lambda: reg.restarts == 2, 10, what="two restarts")
+    # counted before it is reported: wait for both reports, not the count
+    wait_until(lambda: [getattr(e, "kind", None) for e in events].count("restarted") == 2, 10,
+               what="two restarts reported")
+    assert reg.restarts == 2
     assert [getattr(e, "kind", "current") for e in events][:3] == [
         "restarted", "current", "restarted"]  # each restart a step's success (Unchanged) ends
     assert "fleet registration thread died (OSError" in events[0].reason
@@ -489,7 +492,10 @@ def test_a_registration_thread_that_keeps_dying_is_given_up_and_fails_health(etc
     src, reg = registering_source(etcd, events, Unreadable({}))
     reg.start()
     reg.follow(["eth0"])
-    wait_until(lambda: reg.dead, 15, what="given up")
+    # the thread marks itself dead, then logs and reports it: wait for the report, not the mark
+    wait_until(lambda: any(isinstance(e, Unavailable) and e.kind == "dead" for e in events), 15,
+               what="given up and reported")
+    assert reg.dead
     assert [e.kind for e in events if isinstance(e, Unavailable)] == \
         ["restarted"] * MAX_RESTARTS + ["dead"]
     assert src.dead and "not restarted" in (src.health() or "")
