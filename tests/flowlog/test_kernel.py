@@ -78,7 +78,9 @@ def test_records_limits_and_audit(sandbox, rendering, tmp_path):
                                    timeout=0.5)
             app = sb.probe_many([Probe("eth0", "inbound", p, "tcp", 8080) for p in peers[:3]])
             quiet = sb.probe_many([Probe("eth0", "inbound", peers[0], "tcp", 8081)])
-            outside = sb.probe_many([Probe("eth0", "inbound", "203.0.113.5", "tcp", 8080)])
+            # under TCP's first SYN retransmission (1 s), so a dropped probe is one packet
+            outside = sb.probe_many([Probe("eth0", "inbound", "203.0.113.5", "tcp", 8080)],
+                                    timeout=0.5)
             time.sleep(0.5)
             packets, suppressed = counts(be, sb.host_ns)
     finally:
