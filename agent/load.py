@@ -12,7 +12,8 @@ import yaml
 from pydantic import ValidationError
 
 from .checks import document_errors
-from .model import NAME_RE, RULE_ID_RE, SHOWN_CHARS, Document, GroupPeer, SecurityGroup, shown
+from .model import (NAME_RE, RULE_ID_RE, SHOWN_CHARS, Document, GroupPeer, Host, Nic,
+                    SecurityGroup, shown)
 
 MAX_BYTES = 64 * 1024 * 1024
 # A host document nests about seven levels deep; the builder below is iterative, but what comes
@@ -491,19 +492,27 @@ def load_file(path: str | Path) -> Document:
 class DocumentCache:
     """Parses a source's successive documents, remembering the last one and its groups.
 
-    A document whose host section (everything but ``security_groups``) is unchanged is not
-    validated again whole: each group whose data is unchanged is the very same validated
-    object as before; a group whose members alone changed keeps its rules object and gets
-    only the members validated; any other changed or added group is validated by itself.  The
-    whole-document checks (:func:`sgagent.checks.document_errors`) are then run on the part
-    of the document a change can affect: the changed, added and removed groups, the groups
-    that reference them, the NICs bound to them, with what those refer to standing in (the
-    rest was checked with the previous document, and nothing it depends on changed).  Keeping
-    the objects lets :func:`sgagent.compiler.compile_document` reuse what it compiled from
-    them.  At 10,000 rules an edit of one rule costs one group's validation instead of the
-    whole document's.  Any error, or any doubt, goes through :func:`parse_data`, so a refused
-    document is refused with exactly its errors.  Documents handed to it must not be changed
-    afterwards (each is compared with the next)."""
+    A document is not validated again whole when only its groups or its NICs changed:
+
+    * each group whose data is unchanged is the very same validated object as before; a group
+      whose members alone changed keeps its rules object and gets only the members
+      validated; any other changed or added group is validated by itself;
+    * when the host section changed in its ``nics`` only (a binding, a NIC added, removed or
+      edited), each unchanged NIC is the very same object as before and each changed or added
+      one is validated by itself; anything else in the host section (account, network,
+      ordering, failsafe, defaults, instance) is read whole again.
+
+    The whole-document checks (:func:`sgagent.checks.document_errors`) are then run on the
+    part of the document a change can affect: the changed, added and removed groups, the
+    groups that reference them, the NICs bound to them (every NIC when the NICs changed: the
+    host-wide checks, such as a NIC listed twice, need them all), with the groups these bind or
+    reference standing in without their rules (the rest was checked with the previous
+    document, and nothing it depends on changed).  Keeping the objects lets
+    :func:`sgagent.compiler.compile_document` reuse what it compiled from them.  At 10,000
+    rules an edit of one rule costs one group's validation, and a binding added or removed
+    one NIC's, instead of the whole document's.  Any error, or any doubt, goes through
+    :func:`parse_data`, so a refused document is refused with exactly its errors.  Documents
+    handed to it must not be changed afterwards (each is compared with the next)."""
 
     def __init__(self) -> None:
         self._data: dict | None = None
@@ -515,19 +524,22 @@ class DocumentCache:
         return parse_bytes(raw, source, cache=self)
 
     def parse_data(self, data: Any, source: str = "document") -> Document:
-        doc = self._by_group(data)
+        doc = self._by_part(data)
         if doc is None:
             doc = parse_data(data, source)
             self._references(doc.security_groups)  # ready for the next document's checks
         self._data, self._doc = data, doc
         return doc
 
-    def _by_group(self, data: Any) -> Document | None:
+    def _by_part(self, data: Any) -> Document | None:
         old, doc = self._data, self._doc
         if old is None or doc is None or not isinstance(data, dict):
             return None
-        if {k: v for k, v in data.items() if k != "security_groups"} != \
-                {k: v for k, v in old.items() if k != "security_groups"}:
+        if not same_data({k: v for k, v in data.items() if k not in ("security_groups", "host")},
+                         {k: v for k, v in old.items() if k not in ("security_groups", "host")}):
+            return None
+        host = _nics_changed(doc, data.get("host"), old.get("host"))
+        if host is None:
             return None
         groups, old_groups = data.get("security_groups"), old.get("security_groups")
         if not isinstance(groups, dict) or not isinstance(old_groups, dict):
@@ -551,11 +563,13 @@ class DocumentCache:
                 except ValidationError:
                     return None
             new_groups[name] = group
-        if list(new_groups) == list(doc.security_groups) and all(
+        host_changed = host is not doc.host
+        if not host_changed and list(new_groups) == list(doc.security_groups) and all(
                 new_groups[n] is doc.security_groups[n] for n in new_groups):
             return doc
-        new = doc.model_copy(update={"security_groups": new_groups})
-        if touched and document_errors(_affected(new, touched, self._references(new_groups))):
+        new = doc.model_copy(update={"host": host, "security_groups": new_groups})
+        if (touched or host_changed) and document_errors(
+                _affected(new, touched, self._references(new_groups), host_changed)):
             return None
         return new
 
@@ -587,16 +601,70 @@ class DocumentCache:
         return doc.security_groups[name].model_copy(update={"members": members})
 
 
-def _affected(doc: Document, touched: set[str], refs: dict[str, frozenset[str]]) -> Document:
+def _nics_changed(doc: Document, h: Any, o: Any) -> Host | None:
+    """``doc``'s host if the host section ``h`` is the same as the previous one ``o``; a host
+    with the NICs of ``h`` if they are all that changed and each changed one is valid by
+    itself (the unchanged NICs the very same objects); None otherwise."""
+    if h is o or h == o and same_data(h, o):
+        return doc.host
+    if not isinstance(h, dict) or not isinstance(o, dict) or "nics" not in h \
+            or not same_data({k: v for k, v in h.items() if k != "nics"},
+                             {k: v for k, v in o.items() if k != "nics"}):
+        return None
+    nics, old_nics = h["nics"], o.get("nics")
+    if type(nics) is not list or not nics or type(old_nics) is not list \
+            or len(old_nics) != len(doc.host.nics):
+        return None
+    by_name: dict[Any, list[int]] = {}
+    for i, raw in enumerate(old_nics):
+        if isinstance(raw, dict) and isinstance(raw.get("name"), str):
+            by_name.setdefault(raw["name"], []).append(i)
+    made = []
+    for j, raw in enumerate(nics):
+        if not isinstance(raw, dict):
+            return None  # parse_data names the error with its path
+        same = [j] if j < len(old_nics) else []
+        name = raw.get("name")
+        if isinstance(name, str):
+            same += by_name.get(name, ())
+        for i in same:
+            if raw == old_nics[i] and same_data(raw, old_nics[i]):
+                made.append(doc.host.nics[i])
+                break
+        else:
+            try:
+                made.append(Nic.model_validate(raw))
+            except ValidationError:
+                return None
+    return doc.host.model_copy(update={"nics": tuple(made)})
+
+
+def same_data(a: Any, b: Any) -> bool:
+    """Whether two pieces of plain document data are the same, types included: ``==`` alone
+    takes ``true`` for ``1`` and ``1.0`` for ``1``, which validation may not (for a small
+    part of a document: it walks the whole of it)."""
+    if type(a) is not type(b):
+        return False
+    if type(a) is dict:
+        return a.keys() == b.keys() and all(same_data(v, b[k]) for k, v in a.items())
+    if type(a) is list:
+        return len(a) == len(b) and all(same_data(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def _affected(doc: Document, touched: set[str], refs: dict[str, frozenset[str]],
+              all_nics: bool = False) -> Document:
     """The part of ``doc`` whose whole-document checks a change of the groups ``touched``
     (changed, added or removed) can change: those groups, the groups that reference them, the
-    NICs bound to them; the groups these bind or reference stand in without their rules."""
+    NICs bound to them (``all_nics``: every NIC, for a change of the NICs); the groups these
+    bind or reference stand in without their rules."""
     groups = doc.security_groups
     checked = {n for n in touched if n in groups}
     for name in groups:
         if name not in checked and not touched.isdisjoint(refs[name]):
             checked.add(name)
-    nics = tuple(n for n in doc.host.nics if not touched.isdisjoint(n.security_groups))
+    nics = doc.host.nics if all_nics else \
+        tuple(n for n in doc.host.nics if not touched.isdisjoint(n.security_groups))
     context = {t for n in checked for t in refs[n]}
     context.update(g for n in nics for g in n.security_groups)
     part = {n: groups[n] for n in checked}
