@@ -225,12 +225,8 @@ class Daemon:
             if m.basic_auth is not None:
                 with open(m.basic_auth.password_file, encoding="utf-8") as fh:
                     auth = (m.basic_auth.username, fh.read().strip())
-            suppressed = None
-            if self.backend.name == "nftables":
-                from ..nft.logcounters import SuppressedReader
-                suppressed = SuppressedReader(self.cfg.netns)
-            elif self.backend.name == "iptables":  # from its iptables-save -c
-                suppressed = self.backend.suppressed
+            # what logged decisions' rate limits held back, if the backend counts it
+            suppressed = getattr(self.backend, "suppressed", None)
             registry = build_registry(self.stats, self.backend.counters,
                                       flowlog=self.flow_logs, read_suppressed=suppressed)
             self.metrics_server = MetricsServer(registry, m.address, m.port,

@@ -52,6 +52,11 @@ class NftBackend:
         """Every sgagent counter with its identity, in one consistent read of the kernel."""
         return self.kernel.counters()
 
+    def suppressed(self) -> list[CounterReading]:
+        """Per logged decision, the records its rate limit suppressed (SEMANTICS section 9):
+        what the metrics report as ``sgagent_log_suppressed``."""
+        return self.kernel.suppressed()  # type: ignore[attr-defined]
+
     def counters_via_listing(self) -> list[CounterReading]:
         """The same counters read another way (see :meth:`NftKernel.counters_via_listing`)."""
         return self.kernel.counters_via_listing()  # type: ignore[attr-defined]

@@ -30,12 +30,16 @@ class NftKernel:
         self._exec = executor or netns.NetnsExecutor(netns_name)
         self._nft: Nft | None = None
         self._reader: NetlinkCounterReader | None = None
+        self._suppressed: SuppressedReader | None = None
         self._writer: NetlinkBatchWriter | None = None
 
     def close(self) -> None:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        if self._suppressed is not None:
+            self._suppressed.close()
+            self._suppressed = None
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -122,14 +126,20 @@ class NftKernel:
         chains, sets, table = self._run(names)
         counters = {counter_name(r.key) for r in self.counters()} if table else set()
         if table:  # and the suppressed-record counters of logged rules (flow logs)
-            with SuppressedReader(self.netns_name) as read:
-                counters |= {suppressed_counter_name(r.key) for r in read()}
+            counters |= {suppressed_counter_name(r.key) for r in self.suppressed()}
         return LiveObjects(frozenset(chains), frozenset(sets), frozenset(counters), table)
 
     def counters(self) -> list[CounterReading]:
         """Every sgagent counter with its identity, in one consistent read of the kernel
         (over netlink, on its own socket: a read never waits for an apply)."""
         return self._netlink()()
+
+    def suppressed(self) -> list[CounterReading]:
+        """Per logged decision, the records its rate limit held back (``packets``), over
+        netlink on a socket of its own kept open like the counters' (thread-safe)."""
+        if self._suppressed is None:
+            self._suppressed = SuppressedReader(self.netns_name)
+        return self._suppressed()
 
     def counters_via_listing(self) -> list[CounterReading]:
         """The same counters through libnftables' JSON listing: slower (it loads the whole
