@@ -214,3 +214,47 @@ def test_same_data_tells_types_apart():
     assert not same_data([1], [1.0])
     assert not same_data([1], (1,))
     assert not same_data({"a": 1}, {"a": 1, "b": 2})
+
+
+def test_the_rules_around_an_edited_one_are_the_same_objects():
+    raw = _hypervisor()
+    rules = raw["security_groups"]["g1"]["rules"]
+    rules += [{"direction": "inbound", "protocol": "tcp", "ports": 1000 + i,
+               "source": "10.3.0.0/16"} for i in range(6)]
+    cache = DocumentCache()
+    old = cache.parse_data(raw)
+    old_rs = compile_document(old)
+    for change in ("edit", "insert", "delete"):
+        new = copy.deepcopy(raw)
+        new_rules = new["security_groups"]["g1"]["rules"]
+        if change == "edit":
+            new_rules[3]["ports"] = 99
+        elif change == "insert":
+            new_rules.insert(3, {"direction": "outbound", "protocol": "udp", "ports": 7,
+                                 "destination": "10.4.0.0/16"})
+        else:
+            del new_rules[3]
+        doc = cache.parse_data(new)
+        assert doc == parse_data(new)
+        was, now = old.security_groups["g1"].rules, doc.security_groups["g1"].rules
+        same = [any(r is w for w in was) for r in now]
+        assert same == [i != 3 for i in range(len(now))] if change != "delete" \
+            else all(same)
+        assert compile_document(doc, (old, old_rs)) == compile_document(parse_data(new))
+        assert all(doc.security_groups[n] is g for n, g in old.security_groups.items()
+                   if n != "g1")
+        raw, old, old_rs = new, doc, compile_document(doc, (old, old_rs))
+
+
+def test_a_rule_whose_true_became_1_is_refused_as_a_whole_parse_refuses_it():
+    raw = _hypervisor()
+    raw["security_groups"]["g0"]["rules"][0]["log"] = True
+    cache = DocumentCache()
+    cache.parse_data(raw)
+    new = copy.deepcopy(raw)
+    new["security_groups"]["g0"]["rules"][0]["log"] = 1
+    new["security_groups"]["g0"]["rules"][1]["ports"] = 54  # so that the group changed
+    with pytest.raises(DocumentError) as exc:
+        cache.parse_data(new)
+    assert exc.value.errors == fresh(new)
+    assert exc.value.errors[0].startswith("security_groups.g0.rules[0].log:")
