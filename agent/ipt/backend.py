@@ -5,18 +5,27 @@ namespace's iptables (:class:`~sgagent.ipt.kernel.IptKernel`, legacy or nf_table
 Each apply compares the wanted chains and sets with what ``iptables-save`` and ``ipset save``
 show, and sends only what differs, one restore per family: a chain whose rules stay is not
 touched, so its counters keep counting (the decision counters live in chains named after
-their identity).  Drift repair is the same apply."""
+their identity).  Drift repair is the same apply.
+
+An apply leaves a mark in the kernel: a digest of the ruleset, the rendering, the variant and
+the rendering's code, with the fingerprint of the state the apply left.  An apply that finds
+its own mark with the kernel at that state (read then, sets' elements included) has nothing
+to do and renders nothing: an unchanged document costs its reads, also from a new process."""
 
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
+import inspect
+import sys
 from typing import Callable
 
 from ..backend.kernel import ApplyError, ApplyResult, CounterReading, Refused
 from ..backend.objects import Objects
 from ..ir import Ruleset
 from ..nft.names import counter_comment, counter_name
+from . import render as render_module
 from .kernel import IptKernel
 from .names import ROOTS
 from .render import FAMILIES, RenderError, Tables, render
@@ -100,18 +109,29 @@ class IptBackend:
         self._last = (rs, tables)
         return tables
 
+    def mark(self, rs: Ruleset) -> str:
+        """What an apply of ``rs`` loads, as a digest: the ruleset, the rendering, the variant
+        and the code that renders it (another version of sgagent may render it otherwise)."""
+        h = hashlib.sha256(f"{self.rendering} {self.variant} {render_code()}\n".encode())
+        h.update(repr(rs).encode())
+        return h.hexdigest()
+
     def apply(self, rs: Ruleset, *, dry_run: bool = False, full: bool = False) -> ApplyResult:
-        tables = self.render(rs)
         before = self.kernel.commands
+        channel = f"iptables-{self.variant}-restore"
+        mark = self.mark(rs)
         try:
-            was_loaded = self.kernel.apply(tables, full=full, dry_run=dry_run)
+            same, snap = self.kernel.unchanged(mark)
+            if same:  # the kernel holds what this ruleset renders, as the mark's apply left it
+                return ApplyResult(_objects(rs), "delta", self.kernel.commands - before, channel)
+            tables = self.render(rs)
+            was_loaded = self.kernel.apply(tables, full=full, dry_run=dry_run,
+                                           mark=None if dry_run else mark, snapshot=snap)
         except Refused as exc:
             raise ApplyError(
                 f"iptables refused the ruleset, nothing was changed: {exc}") from None
-        objs = Objects(counters={counter_name(k): counter_comment(k)
-                                 for k in tables.counters.values()})
-        return ApplyResult(objs, "delta" if was_loaded and not full else "full",
-                           self.kernel.commands - before, f"iptables-{self.variant}-restore")
+        return ApplyResult(_objects(rs), "delta" if was_loaded and not full else "full",
+                           self.kernel.commands - before, channel)
 
     def flush(self) -> bool:
         return self.kernel.flush()
@@ -125,6 +145,36 @@ class IptBackend:
             want += [f"  {e}\n" for e in sorted(s.elements)]
         have = self.live_text().splitlines(keepends=True)
         return "".join(difflib.unified_diff(have, want, fromfile="live", tofile="apply"))
+
+
+def _objects(rs: Ruleset) -> Objects:
+    """The counters an apply of ``rs`` loads (every decision's: a rendering gives each one)."""
+    return Objects(counters={counter_name(k): counter_comment(k)
+                             for c in rs.chains for k in c.counters})
+
+
+@functools.cache
+def render_code() -> str:
+    """A digest of the source of :mod:`sgagent.ipt.render` and of every sgagent module it
+    uses, directly or not (what decides the tables a ruleset renders to)."""
+    seen: dict[str, object] = {}
+    todo = [render_module]
+    while todo:
+        mod = todo.pop()
+        if mod.__name__ in seen:
+            continue
+        seen[mod.__name__] = mod
+        for value in vars(mod).values():
+            used = value if inspect.ismodule(value) else \
+                sys.modules.get(getattr(value, "__module__", None) or "")
+            if used is not None and used.__name__.startswith("sgagent.") \
+                    and getattr(used, "__file__", None):
+                todo.append(used)
+    h = hashlib.sha256()
+    for name in sorted(seen):
+        with open(seen[name].__file__, "rb") as fh:  # type: ignore[attr-defined]
+            h.update(name.encode() + b"\n" + fh.read())
+    return h.hexdigest()
 
 
 def _listing(t: Tables, hooked: dict[int, set[str]]) -> list[str]:

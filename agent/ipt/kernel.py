@@ -9,15 +9,24 @@ then destroys the sets nothing uses any more.  If a restore is refused, the sets
 are destroyed and a family already committed is put back as it was: the previous ruleset
 stays whole.  A set found with other elements than its name promises (someone edited it) is
 rebuilt under a temporary name and swapped in.
+
+Reading costs one ``iptables-save`` per family (and an ``ipset save``), whatever is read:
+a :class:`Snapshot` serves the apply, the fingerprint and the counters from the same texts.
+An apply given a ``mark`` (the digest of what it renders) leaves an empty ipset named after
+that mark and the fingerprint of the state it left (:data:`MARK`): a later process that
+finds the kernel at that fingerprint with that mark knows the kernel holds exactly what the
+mark renders, and need not render it again (:meth:`IptKernel.unchanged`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import threading
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
 from .. import netns
@@ -28,16 +37,62 @@ from .rules import Saved, counters_in, parse_ipset_save, parse_save, restore_scr
 
 VARIANTS = ("legacy", "nft")
 TIMEOUT = 120
+# An empty ipset whose name says what the last apply loaded and the state it left
+# (:meth:`IptKernel.unchanged`); ipset names hold at most 31 characters: 84 bits of digest.
+MARK = f"{PREFIX}-a-"
+_MARK_HEX = 31 - len(MARK)
+
+# What a fingerprint covers, in the order the tools print it: sgagent's chains and their
+# rules, the jumps to them (without counters), and sgagent's sets with their elements.
+_OWN_LINES = re.compile(r"^(?:\[\d+:\d+\] )?((?::|-A )" + PREFIX + r"\S* .*|"
+                        r"-A (?:INPUT|FORWARD|OUTPUT) -j " + PREFIX + r"\S+)$", re.M)
+_OWN_SETS = re.compile(r"^((?:create|add) " + PREFIX + r"(?!-a-)\S* .*)$", re.M)
+_MARKS = re.compile(r"^create (" + MARK + r"\S+) ", re.M)
 
 
 @dataclass
 class Live:
     saved: dict[int, Saved]
     sets: dict[str, tuple[str, list[str]]]
+    marks: tuple[str, ...] = ()
 
     @property
     def loaded(self) -> bool:
         return any(s.chains for s in self.saved.values())
+
+
+@dataclass
+class Snapshot:
+    """One read of sgagent's part of the kernel: ``iptables-save [-c] -t filter`` per family
+    and ``ipset save`` ('' when no sgagent set exists), as the tools printed them."""
+    saves: dict[int, str]
+    ipsets: str
+
+    @cached_property
+    def live(self) -> Live:
+        sets = {n: v for n, v in parse_ipset_save(self.ipsets).items() if not n.startswith(MARK)}
+        return Live({f: parse_save(self.saves[f]) for f in FAMILIES}, sets, self.marks)
+
+    @cached_property
+    def marks(self) -> tuple[str, ...]:
+        return tuple(_MARKS.findall(self.ipsets))
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A digest of sgagent's chains, rules, jumps and sets with their elements (counters
+        and marks aside): equal for two reads of the same state, with or without ``-c``."""
+        h = hashlib.sha256()
+        for family in FAMILIES:
+            h.update(f"{family}\n".encode())
+            h.update("\n".join(_OWN_LINES.findall(self.saves[family])).encode())
+        h.update(b"\nipset\n")
+        h.update("\n".join(_OWN_SETS.findall(self.ipsets)).encode())
+        return h.hexdigest()
+
+
+def mark_name(mark: str, fingerprint: str) -> str:
+    """The name of the mark set that says: ``mark`` was applied and left ``fingerprint``."""
+    return MARK + hashlib.sha256(f"{mark}\n{fingerprint}".encode()).hexdigest()[:_MARK_HEX]
 
 
 class IptKernel:
@@ -48,6 +103,9 @@ class IptKernel:
         self.variant = variant
         self.commands = 0  # processes run (what an apply cost)
         self._watchers: list["Poller"] = []  # told the state each own change left
+        # the suppressed-record counts the last counters() read parsed, for suppressed()
+        self._suppressed: tuple[float, list[CounterReading]] | None = None
+        self._lock = threading.Lock()
 
     def tool(self, family: int, what: str) -> str:
         return f"{'ip' if family == 4 else 'ip6'}tables-{self.variant}-{what}"
@@ -62,46 +120,70 @@ class IptKernel:
 
     # -- reading --------------------------------------------------------------------------
     def save(self, family: int, counters: bool = True) -> Saved:
-        argv = [self.tool(family, "save"), "-t", "filter"] + (["-c"] if counters else [])
-        return parse_save(self.run(argv))
+        return parse_save(self.save_text(family, counters))
+
+    def save_text(self, family: int, counters: bool = True) -> str:
+        return self.run([self.tool(family, "save"), "-t", "filter"] + (["-c"] if counters else []))
+
+    def ipset_text(self) -> str:
+        """``ipset save`` if any sgagent set exists (else '': nothing of others is read)."""
+        if not any(n.startswith(PREFIX) for n in self.run(["ipset", "list", "-n"]).split()):
+            return ""
+        return self.run(["ipset", "save"])
 
     def ipsets(self) -> dict[str, tuple[str, list[str]]]:
-        names = [n for n in self.run(["ipset", "list", "-n"]).split() if n.startswith(PREFIX)]
-        if not names:
-            return {}
-        return parse_ipset_save(self.run(["ipset", "save"]))
+        """sgagent's sets (marks aside): name -> (type, elements)."""
+        return {n: v for n, v in parse_ipset_save(self.ipset_text()).items()
+                if not n.startswith(MARK)}
+
+    def snapshot(self, counters: bool = True) -> Snapshot:
+        return Snapshot({f: self.save_text(f, counters) for f in FAMILIES}, self.ipset_text())
 
     def live(self) -> Live:
-        return Live({f: self.save(f) for f in FAMILIES}, self.ipsets())
+        return self.snapshot().live
 
-    def counters(self, of=key_of) -> list[CounterReading]:
+    def counters(self) -> list[CounterReading]:
         """Every sgagent counter, from one ``iptables-save -c`` and one ``ip6tables-save -c``
-        (a decision counts in both families: the sum)."""
+        (a decision counts in both families: the sum).  The same read parses the counts of
+        suppressed flow records, which a :meth:`suppressed` right after takes (one read per
+        family serves a whole metrics scrape)."""
+        rules, held = [], []
+        for r in self._read(_rule_or_suppressed):
+            kind, key = r.key
+            (rules if kind == "rule" else held).append(CounterReading(key, r.packets, r.bytes))
+        with self._lock:
+            self._suppressed = (time.monotonic(), held)
+        return rules
+
+    def _read(self, of) -> list[CounterReading]:
         total: dict = {}
         for family in FAMILIES:
-            text = self.run([self.tool(family, "save"), "-t", "filter", "-c"])
-            for key, (p, b) in counters_in(text, of).items():
+            for key, (p, b) in counters_in(self.save_text(family), of).items():
                 op, ob = total.get(key, (0, 0))
                 total[key] = (op + p, ob + b)
         return [CounterReading(k, p, b) for k, (p, b) in total.items()]
 
     def suppressed(self) -> list[CounterReading]:
         """Per logged decision, the records its rate limit suppressed (``packets``), summed
-        over both families (each has a limit of its own)."""
-        return self.counters(suppressed_key)
+        over both families (each has a limit of its own): what the last :meth:`counters`
+        read, if that was less than :data:`SAME_SCRAPE` seconds ago and no other call took
+        it (a scrape reads the rule counters first), else a read of its own."""
+        with self._lock:
+            last, self._suppressed = self._suppressed, None
+        if last is not None and time.monotonic() - last[0] < SAME_SCRAPE:
+            return last[1]
+        return self._read(suppressed_key)
 
     def fingerprint(self) -> str:
-        """A cheap digest of sgagent's chains, jumps and set names (not elements)."""
-        h = hashlib.sha256()
-        for family in FAMILIES:
-            s = self.save(family, counters=False)
-            for name in sorted(s.chains):
-                h.update(f"{family} {name}\n".encode())
-                h.update("\n".join(s.chains[name]).encode())
-            h.update(" ".join(sorted(s.hooked)).encode())
-        h.update(" ".join(sorted(n for n in self.run(["ipset", "list", "-n"]).split()
-                                 if n.startswith(PREFIX))).encode())
-        return h.hexdigest()
+        """A digest of sgagent's chains, jumps and sets with their elements (see
+        :attr:`Snapshot.fingerprint`)."""
+        return self.snapshot(counters=False).fingerprint
+
+    def unchanged(self, mark: str) -> tuple[bool, Snapshot]:
+        """Whether the kernel holds exactly what the apply marked ``mark`` left (the state
+        it read after it, and nothing since), and the snapshot that says so."""
+        snap = self.snapshot()
+        return mark_name(mark, snap.fingerprint) in snap.marks, snap
 
     # -- writing --------------------------------------------------------------------------
     def _restore(self, family: int, script: str, test: bool = False) -> None:
@@ -129,14 +211,20 @@ class IptKernel:
                               capture_output=True, text=True, timeout=TIMEOUT)
         return proc.returncode != 0 and "in use" in proc.stderr
 
-    def apply(self, want: Tables, *, full: bool = False, dry_run: bool = False) -> bool:
-        """Make the namespace hold exactly ``want`` (``full``: check set elements too).
-        Raise :class:`Refused` with the previous ruleset untouched.  True if it was loaded
-        before (the apply was a difference)."""
-        live = self.live()
+    def apply(self, want: Tables, *, full: bool = False, dry_run: bool = False,
+              mark: str | None = None, snapshot: Snapshot | None = None) -> bool:
+        """Make the namespace hold exactly ``want`` (``full`` or ``mark``: check set elements
+        too).  Raise :class:`Refused` with the previous ruleset untouched.  True if it was
+        loaded before (the apply was a difference).  ``mark``: what ``want`` was rendered
+        from, left in the kernel with the state the apply left (see :meth:`unchanged`).
+        ``snapshot``: a read of the kernel made just before, if the caller has one."""
+        snap = snapshot if snapshot is not None else self.snapshot()
+        live = snap.live
         created = [n for n in want.sets if n not in live.sets]
-        stale = [n for n in want.sets if n in live.sets and full and
-                 sorted(live.sets[n][1]) != sorted(want.sets[n].elements)]
+        check = full or mark is not None
+        stale = [n for n in want.sets if n in live.sets and check and
+                 (len(live.sets[n][1]) != len(want.sets[n].elements) or
+                  set(live.sets[n][1]) != set(want.sets[n].elements))]
         lines = []
         for n in created:
             s = want.sets[n]
@@ -177,7 +265,7 @@ class IptKernel:
             self.run(["ipset", "restore"], "".join(f"swap {t} {n}\n" for t, n in swaps))
             self._destroy(t for t, _ in swaps)
         self._destroy(n for n in live.sets if n not in want.sets)
-        self._announce()
+        self._announce(mark, live.marks)
         return live.loaded
 
     def flush(self) -> bool:
@@ -186,7 +274,7 @@ class IptKernel:
         found = live.loaded or bool(live.sets) or any(s.hooked for s in live.saved.values())
         for f in FAMILIES:
             self._restore(f, unhook_script(live.saved[f].chains, live.saved[f].hooked))
-        self._destroy(live.sets)
+        self._destroy([*live.sets, *live.marks])
         self._announce()
         return found
 
@@ -196,26 +284,49 @@ class IptKernel:
         self._watchers.append(poller)
         return poller
 
-    def _announce(self) -> None:
-        """Tell the watches the state sgagent's own change left, so they do not report it."""
+    def _announce(self, mark: str | None = None, marks: tuple[str, ...] = ()) -> None:
+        """Tell the watches the state sgagent's own change left, so they do not report it,
+        and (``mark``) leave the mark of that state in place of the ``marks`` before."""
         self._watchers = [w for w in self._watchers if w.running]
-        if self._watchers:
-            fp = self.fingerprint()
-            for w in self._watchers:
-                w.expect(fp)
+        if not self._watchers and mark is None:
+            return
+        fp = self.fingerprint()
+        for w in self._watchers:
+            w.expect(fp)
+        if mark is not None:
+            name = mark_name(mark, fp)
+            lines = [f"destroy {n}\n" for n in marks if n != name]
+            if name not in marks:
+                lines.append(f"create {name} hash:ip\n")
+            if lines:
+                self.run(["ipset", "restore"], "".join(lines))
 
     def close(self) -> None:
         pass
 
 
+def _rule_or_suppressed(comment: str):
+    """A comment's decision, tagged with what it counts (the rule, or its suppressed
+    records), so that one pass over a save reads both."""
+    key = key_of(comment)
+    if key is not None:
+        return ("rule", key)
+    key = suppressed_key(comment)
+    return ("suppressed", key) if key is not None else None
+
+
+# How old the suppressed counts a counters() read parsed may be for suppressed() to take them
+# (the two reads of one metrics scrape follow each other at once).
+SAME_SCRAPE = 2.0
+
+
 class Poller:
     """Drift watch for iptables, which sends no change notifications sgagent can read:
     every ``interval`` seconds (longer for a table whose read takes long: at most a tenth
-    of the time reading), the fingerprint of sgagent's chains, jumps and set names (two
-    ``iptables-save`` and one ``ipset list -n``); ``on_change()`` when it moved, unless to
-    the state sgagent's own last apply or flush left (the kernel reads it after each, for
-    its watches).  Set elements are checked by
-    the daemon's periodic full check (``live_text``)."""
+    of the time reading), the fingerprint of sgagent's chains, jumps and sets with their
+    elements (two ``iptables-save``, one ``ipset list -n`` and one ``ipset save``);
+    ``on_change()`` when it moved, unless to the state sgagent's own last apply or flush
+    left (the kernel reads it after each, for its watches)."""
 
     def __init__(self, kernel: IptKernel, on_change: Callable[[], None], interval: float):
         self._kernel = IptKernel(kernel.netns_name, kernel.variant)
@@ -251,8 +362,8 @@ class Poller:
         while not self._stop.wait(wait):
             t0 = time.monotonic()
             now = self._read()
-            # at most a tenth of a core: a large table (two saves of 24,000 chains at 10,000
-            # rules) is read less often
+            # at most a tenth of a core: a large table (two saves of 16,000 chains and an
+            # ipset save of 200,000 elements at 10,000 rules) is read less often
             wait = max(self._interval, 9 * (time.monotonic() - t0))
             with self._lock:
                 own, self._expected = self._expected, None
