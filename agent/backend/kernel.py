@@ -37,15 +37,17 @@ class CounterReading:
 
 class Executed(NamedTuple):
     channel: str    # how it reached the kernel: "libnftables", "netlink", "fake"
-    commands: int   # lines of text sent, or elements in a netlink batch
+    commands: int   # lines of text sent; over netlink: elements of an element-only batch,
+    #                 else messages
 
 
 @dataclass(frozen=True)
 class ApplyResult:
     objects: Objects
     mode: str         # "delta" | "full"
-    commands: int     # lines in the transaction sent to the kernel (elements, over netlink)
-    channel: str = "libnftables"  # or "netlink": element updates only, sent directly
+    commands: int     # lines in the transaction sent to the kernel (over netlink: messages,
+    #                   or elements of an element-only batch)
+    channel: str = "libnftables"  # or "netlink": one batch straight to the kernel
     generation: int | None = None
     #  the kernel's ruleset generation right after this apply, when its commit was the only
     #  one in between (None: unknown, or another commit came between): as long as the kernel

@@ -1,9 +1,9 @@
 """The nftables kernel of a network namespace, as :class:`sgagent.backend.kernel.Kernel`:
-a change-sized transaction goes in as one netlink batch (:mod:`sgagent.nft.batch`: libnftables
-would first load its cache of the whole table), anything else -- a full load, a transaction
-with a shape the batch encoder does not know, a batch the kernel refused -- as nft text through
-one libnftables context; counters and the generation are read over netlink; changes
-made by others are reported by a :class:`~sgagent.nft.monitor.TableMonitor`.  Every
+a transaction goes in as one netlink batch (:mod:`sgagent.nft.batch`), a full load as well as
+a change (libnftables would first parse the text, or load its cache of the whole table);
+a transaction with a shape the batch encoder does not know, a batch the kernel refused, and a
+dry run go as nft text through one libnftables context; counters and the generation are read
+over netlink; changes made by others are reported by a :class:`~sgagent.nft.monitor.TableMonitor`.  Every
 libnftables call runs on a thread inside the namespace (``None``: this process's)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from .batch import NetlinkBatchWriter, encode_batch
 from .libnft import Nft, NftError
 from .logcounters import SuppressedReader, suppressed_counter_name
 from .names import FAMILY, TABLE, counter_name, parse_comment
-from .netlink import NetlinkCounterReader, NetlinkError
+from .netlink import NetlinkCounterReader, NetlinkError, new_socket
 from .objects import REF
 from .script import script
 
@@ -55,23 +55,29 @@ class NftKernel:
             return fn(self._nft, *args, **kw)
         return self._exec.call(call)
 
+    def _open_socket(self):
+        """A netlink socket in this kernel's namespace, opened on its executor's thread (a
+        scratch namespace has no name to open one by)."""
+        return self._exec.call(new_socket)
+
     def _netlink(self) -> NetlinkCounterReader:
         if self._reader is None:
-            self._reader = NetlinkCounterReader(self.netns_name)
+            self._reader = NetlinkCounterReader(self.netns_name, opener=self._open_socket)
         return self._reader
 
     def _batches(self) -> NetlinkBatchWriter:
         if self._writer is None:
-            self._writer = NetlinkBatchWriter(self.netns_name)
+            self._writer = NetlinkBatchWriter(self.netns_name, opener=self._open_socket)
         return self._writer
 
     # -- writing --------------------------------------------------------------------------
     def execute(self, tx: Transaction, *, genid: int | None = None,
                 dry_run: bool = False) -> Executed:
-        """A change-sized transaction straight over netlink, refused if anything else
-        committed since ``genid``; everything else, and a batch the kernel refused, as nft
-        text through libnftables."""
-        if not dry_run and not tx.full:
+        """The transaction as one netlink batch (refused if anything else committed since
+        ``genid``), whatever its size -- a full load too; a transaction with a shape the
+        encoder does not know, a batch the kernel refused, and a dry run as nft text
+        through libnftables (which then says why it refuses)."""
+        if not dry_run:
             writer = self._batches()
             batch = encode_batch(tx.ops, writer.next_seq(), genid)
             if batch is not None:
@@ -81,7 +87,8 @@ class NftKernel:
                     pass  # refused, nothing changed: through libnftables below
                 else:
                     return Executed("netlink", tx.element_count if tx.elements_only
-                                    else len(batch[1]))
+                                    else batch.count)
+                del batch
         text = script(tx)
         if text:
             try:

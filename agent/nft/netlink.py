@@ -23,6 +23,7 @@ import socket
 import struct
 import threading
 import time
+from typing import Callable
 
 from .. import netns
 from ..backend.kernel import CounterReading
@@ -79,21 +80,24 @@ class NetlinkError(OSError):
     """The kernel refused the dump, or it could not be completed."""
 
 
+def new_socket() -> socket.socket:
+    """A netfilter netlink socket in the calling thread's network namespace."""
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    try:
+        s.bind((0, 0))
+        s.settimeout(TIMEOUT)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
 def open_socket(netns_name: str | None, thread_name: str) -> socket.socket:
     """A netfilter netlink socket in the named network namespace (``None``: this process's)."""
-    def make() -> socket.socket:
-        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-        try:
-            s.bind((0, 0))
-            s.settimeout(TIMEOUT)
-        except BaseException:
-            s.close()
-            raise
-        return s
     if netns_name is None:
-        return make()
+        return new_socket()
     with netns.NetnsExecutor(netns_name, thread_name=thread_name) as ex:
-        return ex.call(make)
+        return ex.call(new_socket)
 
 
 def messages(buf, n: int):
@@ -125,15 +129,20 @@ class NetfilterSocket:
 
     thread_name = "sgagent-netlink"
 
-    def __init__(self, netns_name: str | None = None) -> None:
+    def __init__(self, netns_name: str | None = None, *,
+                 opener: Callable[[], socket.socket] | None = None) -> None:
+        """``opener``: makes the socket instead (a kernel whose namespace has no name, a
+        scratch one, opens it on its own namespace's thread)."""
         self.netns_name = netns_name
+        self._opener = opener
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._seq = 0
 
     def _socket(self) -> socket.socket:
         if self._sock is None:
-            self._sock = open_socket(self.netns_name, self.thread_name)
+            self._sock = (self._opener() if self._opener is not None
+                          else open_socket(self.netns_name, self.thread_name))
         return self._sock
 
     def _drop_socket(self) -> None:
@@ -233,8 +242,9 @@ class NetlinkCounterReader(NetfilterSocket):
     # A counter's identity from its comment (None: not one this reader reports).
     identify = staticmethod(parse_comment)
 
-    def __init__(self, netns_name: str | None = None) -> None:
-        super().__init__(netns_name)
+    def __init__(self, netns_name: str | None = None, *,
+                 opener: Callable[[], socket.socket] | None = None) -> None:
+        super().__init__(netns_name, opener=opener)
         self._keys: dict[bytes, CounterKey | None] = {}   # comment -> identity
         self._verified_gen: int | None = None      # generation of the last good read
         self._verified_keys: list[CounterKey] = []   # and its counters, in kernel order

@@ -113,5 +113,5 @@ def test_never_sent_over_a_ruleset_changed_since(sandbox):
     sb, be = sandbox
     sb.run("host", ["nft", "add table ip someone_else"])  # another commit: a new generation
     result = be.apply(compile_document(parse_data(with_members("10.1.0.30", "10.2.0.41"))))
-    assert (result.mode, result.channel) == ("full", "libnftables")
+    assert (result.mode, result.channel) == ("full", "netlink")
     assert sb.probe_many([db("10.2.0.41"), db("10.2.0.40")]) == [Outcome.OPEN, Outcome.DROPPED]
