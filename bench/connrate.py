@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib as common  # noqa: E402
 import docgen  # noqa: E402
+import heldout  # noqa: E402
 from sgagent.compiler import compile_document  # noqa: E402
 from sgagent.load import parse_data  # noqa: E402
 from sgagent.nft.backend import NftBackend  # noqa: E402
@@ -121,9 +122,13 @@ class Pair:
             self.server.wait(timeout=10)
 
 
-def configs(sizes: list[int], linear_max: int, diagnostics: bool) -> list[dict[str, Any]]:
+def configs(sizes: list[int], linear_max: int, diagnostics: bool,
+            heldout_sizes: list[int] = ()) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = [{"name": "none", "rules": 0, "ruleset": "none"},
                                  {"name": "conntrack-only", "rules": 0, "ruleset": "conntrack only"}]
+    for n in heldout_sizes:
+        out.append({"name": f"heldout-{n}", "rules": n, "ruleset": "sets, held-out mix",
+                    "rendering": "sets", "group_peers": 0.10, "mix": "heldout"})
     for n in sizes:
         out.append({"name": f"sets-{n}", "rules": n, "ruleset": "sets", "rendering": "sets",
                     "group_peers": 0.02})
@@ -131,6 +136,8 @@ def configs(sizes: list[int], linear_max: int, diagnostics: bool) -> list[dict[s
             out.append({"name": f"sets-nogroups-{n}", "rules": n,
                         "ruleset": "sets, no group peers (diagnostic)", "rendering": "sets",
                         "group_peers": 0.0})
+        if linear_max <= 0:
+            continue
         if n <= linear_max:
             out.append({"name": f"linear-{n}", "rules": n, "ruleset": "linear",
                         "rendering": "linear", "group_peers": 0.02})
@@ -159,7 +166,8 @@ def load(pair: Pair, cfg: dict[str, Any], seed: int) -> dict[str, Any]:
         return {}
     if cfg["ruleset"] == "none":
         return {}
-    doc = docgen.generate(cfg["rules"], seed=seed, group_peers=cfg["group_peers"])
+    gen = heldout.generate if cfg.get("mix") == "heldout" else docgen.generate
+    doc = gen(cfg["rules"], seed=seed, group_peers=cfg["group_peers"])
     t0 = time.perf_counter()
     rs = compile_document(parse_data(doc))
     t1 = time.perf_counter()
@@ -185,10 +193,10 @@ def client_counter(pair: Pair) -> tuple[int, int]:
 
 def run(sizes: list[int] | None = None, reps: int = 5, seconds: float = 1.5,
         concurrency: int = 1, linear_max: int = 10_000, diagnostics: bool = True,
-        seed: int = 1, log=print) -> dict[str, Any]:
+        seed: int = 1, log=print, heldout_sizes: list[int] = ()) -> dict[str, Any]:
     common.require_root()
-    sizes = sizes or [1000, 10_000, 50_000]
-    cfgs = configs(sizes, linear_max, diagnostics)
+    sizes = [1000, 10_000, 50_000] if sizes is None else sizes
+    cfgs = configs(sizes, linear_max, diagnostics, heldout_sizes)
     live = [c for c in cfgs if "skipped" not in c]
     tok = common.token()
     names = [n for i in range(len(live)) for n in (f"{tok}h{i}", f"{tok}c{i}")]
@@ -226,7 +234,7 @@ def run(sizes: list[int] | None = None, reps: int = 5, seconds: float = 1.5,
                 p.close()
     return summarise(cfgs, samples, {"sizes": sizes, "reps": reps, "seconds": seconds,
                                      "concurrency": concurrency, "linear_max": linear_max,
-                                     "seed": seed})
+                                     "seed": seed, "heldout_sizes": list(heldout_sizes)})
 
 
 def summarise(cfgs, samples, params) -> dict[str, Any]:
@@ -248,6 +256,9 @@ def summarise(cfgs, samples, params) -> dict[str, Any]:
                     [m["rate"] / b["rate"] for m, b in zip(s, base) if b["rate"]]), 3),
                 "vs_conntrack_only": common.rnd(common.median(
                     [m["rate"] / b["rate"] for m, b in zip(s, ct) if b["rate"]]), 3),
+                # issue 10's measure: median connect latency over conntrack-only's, per round
+                "p50_latency_vs_conntrack_only": common.rnd(common.median(
+                    [m["p50_us"] / b["p50_us"] for m, b in zip(s, ct) if b["p50_us"]]), 3),
             })
         rows.append(row)
     target = None
@@ -255,8 +266,14 @@ def summarise(cfgs, samples, params) -> dict[str, Any]:
     if mid:
         target = {"what": "new connections/s at 10,000 rules >= 90% of no firewall",
                   "value": mid[0]["vs_none"], "met": mid[0]["vs_none"] >= 0.9}
+    latency = [{"what": f"median connect latency, {r['ruleset']}, {r['rules']:,} rules, within "
+                        f"10% of conntrack only", "value": r["p50_latency_vs_conntrack_only"],
+                "met": r["p50_latency_vs_conntrack_only"] <= 1.10}
+               for r in rows if r.get("rendering") == "sets"
+               and r.get("p50_latency_vs_conntrack_only") is not None
+               and r["rules"] in (10_000, 100_000)]
     return {"benchmark": "connrate", "date": common.now_iso(), "machine": common.machine(),
-            "params": params, "configs": rows, "target": target}
+            "params": params, "configs": rows, "target": target, "latency_targets": latency}
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -268,14 +285,15 @@ def markdown(res: dict[str, Any]) -> str:
         f"is decided by the document's last decision.",
         "",
         "| rules | ruleset | conn/s | vs no firewall | vs conntrack only | p50 µs | p99 µs "
+        "| p50 latency vs conntrack only "
         "| input chain: rules (set/map lookups) | counted on the deciding rule |",
-        "|---:|---|---:|---:|---:|---:|---:|---|---|",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in res["configs"]:
         rules = f"{r['rules']:,}" if r["rules"] else "0"
         if "skipped" in r:
             lines.append(f"| {rules} | {r['ruleset']} | not loaded (`nft -f` of this text takes "
-                         f"about two minutes; `--linear-max {r['rules']}`) | | | | | | |")
+                         f"about two minutes; `--linear-max {r['rules']}`) | | | | | | | |")
             continue
         ld = r.get("load") or {}
         chain = (f"{ld['input_chain_rules']:,} ({ld['input_chain_lookups']:,})"
@@ -286,7 +304,8 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append(
             f"| {rules} | {r['ruleset']} | {common.fmt(r.get('rate'))} | {common.pct(r.get('vs_none'))} "
             f"| {common.pct(r.get('vs_conntrack_only'))} | {common.fmt(r.get('p50_us'))} "
-            f"| {common.fmt(r.get('p99_us'))} | {chain} | {counted} |")
+            f"| {common.fmt(r.get('p99_us'))} "
+            f"| {r.get('p50_latency_vs_conntrack_only') or '–'} | {chain} | {counted} |")
     return "\n".join(lines) + "\n"
 
 
@@ -297,13 +316,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=1.5)
     ap.add_argument("--concurrency", type=int, default=1)
     ap.add_argument("--linear-max", type=int, default=10_000,
-                    help="largest size also measured with the linear rendering")
+                    help="largest size also measured with the linear rendering (0: none)")
     ap.add_argument("--no-diagnostics", action="store_true")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--heldout", default="",
+                    help="sizes also measured with bench/heldout.py's mix (sets rendering), "
+                         "e.g. 10000,100000")
     ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args(argv)
-    res = run([int(x) for x in a.sizes.split(",")], a.reps, a.seconds, a.concurrency,
-              a.linear_max, not a.no_diagnostics, a.seed)
+    sizes = [int(x) for x in a.sizes.split(",") if x]
+    res = run(sizes, a.reps, a.seconds, a.concurrency, a.linear_max,
+              not a.no_diagnostics and bool(sizes), a.seed,
+              heldout_sizes=[int(x) for x in a.heldout.split(",") if x])
     common.write_json(a.out, res)
     print(markdown(res))
     return 0

@@ -49,6 +49,7 @@ from typing import Any, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import docgen  # noqa: E402
+import heldout  # noqa: E402
 
 ACCOUNT = docgen.ACCOUNT
 SERVER_PORT = docgen.SERVER_PORT
@@ -56,6 +57,9 @@ SERVER_PORT = docgen.SERVER_PORT
 BENCH_CLIENT = "10.255.0.2"
 BENCH_SERVER = "10.255.0.6"
 SPLIT = 0.7  # share of a NIC's rules in its first group
+
+
+MIXES = {"docgen": docgen.generate, "heldout": heldout.generate}
 
 
 def nic_name(i: int) -> str:
@@ -76,9 +80,13 @@ def vm_addresses(vms: int) -> list[tuple[str, str]]:
 
 def generate(vms: int, rules: int, *, seed: int = 1, refusals: float = 0.0,
              addresses: Sequence[tuple[str, str]] | None = None,
-             bench_pair: bool = False) -> dict[str, Any]:
+             bench_pair: bool = False, mix: str = "docgen") -> dict[str, Any]:
     """A hypervisor's document: ``vms`` NICs of ``rules`` rules each (see the module doc).
-    ``addresses[i]`` is VM ``i``'s (IPv4, IPv6) pair (default :func:`vm_addresses`)."""
+    ``addresses[i]`` is VM ``i``'s (IPv4, IPv6) pair (default :func:`vm_addresses`).
+    ``mix="heldout"`` draws each NIC's rules from bench/heldout.py's mix instead of docgen's
+    (the transformation into a hypervisor's rules is the same)."""
+    if mix not in MIXES:
+        raise ValueError(f"mix: one of {', '.join(MIXES)}")
     if rules < 2:
         raise ValueError("at least two rules a NIC (one per group)")
     if bench_pair and vms < 2:
@@ -101,7 +109,7 @@ def generate(vms: int, rules: int, *, seed: int = 1, refusals: float = 0.0,
                             "members": members, "rules": []}
         nics.append({"name": nic_name(i), "role": "vpc", "security_groups": [a, b]})
     for i in range(vms):
-        own = _nic_rules(r, i, vms, rules, addrs, seed, refusals, bench_pair)
+        own = _nic_rules(r, i, vms, rules, addrs, seed, refusals, bench_pair, MIXES[mix])
         a, b = groups_of(i)
         cut = max(1, min(len(own) - 1, round(len(own) * SPLIT)))
         groups[a]["rules"] = own[:cut]
@@ -113,11 +121,11 @@ def generate(vms: int, rules: int, *, seed: int = 1, refusals: float = 0.0,
 
 
 def _nic_rules(r: random.Random, i: int, vms: int, rules: int, addrs, seed: int,
-               refusals: float, bench_pair: bool) -> list[dict[str, Any]]:
+               refusals: float, bench_pair: bool, gen=docgen.generate) -> list[dict[str, Any]]:
     bench = _bench_rules(i) if bench_pair else []
     body = rules - len(bench)
-    # docgen.generate(n) holds n - 1 rules of its mix and its own client rule, left out here.
-    made = docgen.generate(body + 1, seed=seed * 100_003 + i, group_peers=0.0)
+    # gen(n) holds n - 1 rules of its mix and its own client rule, left out here.
+    made = gen(body + 1, seed=seed * 100_003 + i, group_peers=0.0)
     mix = sorted((rule for g in made["security_groups"].values() for rule in g["rules"]
                   if rule["id"] != "bench-client"), key=lambda rule: int(rule["id"][1:]))
     v4, v6 = addrs[i]
@@ -125,7 +133,7 @@ def _nic_rules(r: random.Random, i: int, vms: int, rules: int, addrs, seed: int,
     out = []
     for rule in mix:
         rule = dict(rule)
-        peer = rule.pop("source")
+        peer = rule.pop("source", None) or rule.pop("destination")
         x = r.random()
         if x < 0.15:
             peer = _own_peer(r, rule, i, v4, v6)
@@ -142,6 +150,7 @@ def _nic_rules(r: random.Random, i: int, vms: int, rules: int, addrs, seed: int,
             rule["direction"] = "outbound"
             rule["destination"] = peer
         else:
+            rule["direction"] = "inbound"
             rule["source"] = peer
         out.append(rule)
     return out + bench
