@@ -213,14 +213,19 @@ def parse_data(data: Any, source: str = "document") -> Document:
 
 def parse_bytes(raw: bytes, source: str = "document",
                 cache: "DocumentCache | None" = None) -> Document:
-    parse = cache.parse_data if cache is not None else parse_data
+    if cache is not None:
+        return cache.parse_bytes(raw, source)
+    return parse_data(parse_text(document_text(raw, source), source), source)
+
+
+def document_text(raw: bytes, source: str = "document") -> str:
+    """A document's bytes as text: at most :data:`MAX_BYTES`, UTF-8."""
     if len(raw) > MAX_BYTES:
         raise DocumentError([f"(document): {len(raw)} bytes is over the {MAX_BYTES} byte limit"], source)
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise DocumentError([f"(document): not UTF-8 text (byte {exc.start})"], source) from None
-    return parse(parse_text(text, source), source)
 
 
 def parse_text(text: str, source: str = "document", at: tuple = ()) -> Any:
@@ -512,23 +517,40 @@ class DocumentCache:
     rules an edit of one rule costs one group's validation, and a binding added or removed
     one NIC's, instead of the whole document's.  Any error, or any doubt, goes through
     :func:`parse_data`, so a refused document is refused with exactly its errors.  Documents
-    handed to it must not be changed afterwards (each is compared with the next)."""
+    handed to it must not be changed afterwards (each is compared with the next).
+
+    A JSON text (:meth:`parse_bytes`) is not parsed whole again either when it differs from the
+    previous one inside the host's value or one group's value only: that value is parsed (the same JSON reading,
+    duplicate keys and depth included) and put in place of the old one; the rest of the text
+    is the same, so its data is too (see :func:`spliced`)."""
 
     def __init__(self) -> None:
         self._data: dict | None = None
         self._doc: Document | None = None
         # per group: the validated object and the names of the groups its rules reference
         self._refs: dict[str, tuple[SecurityGroup, frozenset[str]]] = {}
+        # the JSON text of the last document read from bytes, and where the host's and each
+        # group's value lie in it (None: not read from JSON text)
+        self._layout: tuple[str, dict[tuple[str, ...], tuple[int, int]]] | None = None
 
     def parse_bytes(self, raw: bytes, source: str = "document") -> Document:
-        return parse_bytes(raw, source, cache=self)
+        text = document_text(raw, source)
+        read = spliced(self._layout, self._data, text) if self._layout is not None else None
+        if read is None:
+            read = json_layout(text)
+        if read is None:  # YAML, or JSON with a problem: read whole, the errors named
+            doc, layout = self.parse_data(parse_text(text, source), source), None
+        else:
+            doc, layout = self.parse_data(read[0], source), (text, read[1])
+        self._layout = layout
+        return doc
 
     def parse_data(self, data: Any, source: str = "document") -> Document:
         doc = self._by_part(data)
         if doc is None:
             doc = parse_data(data, source)
             self._references(doc.security_groups)  # ready for the next document's checks
-        self._data, self._doc = data, doc
+        self._data, self._doc, self._layout = data, doc, None
         return doc
 
     def _by_part(self, data: Any) -> Document | None:
@@ -714,3 +736,178 @@ def references(group: SecurityGroup) -> frozenset[str]:
     """The names of the groups that ``group``'s rules reference."""
     return frozenset(item.group for rule in group.rules for item in rule.peer or ()
             if isinstance(item, GroupPeer))
+
+
+# -- JSON text read group by group ---------------------------------------------------------------
+#
+# A host document's JSON text is read at its top level and at the level of ``security_groups``
+# by the loop below, each value by the json module's own C scanner with the same hooks as
+# parse_text's json.loads (a key twice, NaN), so that the data is exactly json.loads' and the
+# span of the host's value and of each group's value in the text is known.  The next text that
+# differs from it only inside one of these values is then read by parsing that value alone (an
+# edit of a rule, of a group's members, of a binding).  Whatever does not fit
+# (YAML, a JSON problem, a key twice, deep nesting) gives None: parse_text reads it whole and
+# names the problem.
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_json_object, parse_constant=_json_constant)
+_SCAN = _DECODER.scan_once
+_SPACE = re.compile(r"[ \t\n\r]*")
+_CHUNK = 1 << 18
+
+
+def json_layout(text: str) -> tuple[dict, dict[tuple[str, ...], tuple[int, int]]] | None:
+    """The data of a JSON document text and the (start, end) of the host's value and of each
+    group's value in it, by path: ``("host",)``, ``("security_groups", name)``."""
+    try:
+        i = _SPACE.match(text, 0).end()
+        if text[i:i + 1] != "{":
+            return None
+        spans: dict[tuple[str, ...], tuple[int, int]] = {}
+        data, i = _members(text, i, spans)
+        if _SPACE.match(text, i).end() != len(text):
+            return None
+    except Exception:  # noqa: BLE001 - any problem: parse_text reads it and names it
+        return None
+    if text.count("[") + text.count("{") > MAX_DEPTH and _too_deep(data):
+        return None
+    return data, spans
+
+
+def _members(text: str, i: int,
+             spans: dict[tuple[str, ...], tuple[int, int]] | None) -> tuple[dict, int]:
+    """The object starting at ``text[i]`` (``{``) and where it ends; ``spans``: the top level,
+    whose ``security_groups`` object is read the same way, the host's and each group's
+    span kept."""
+    pairs = []
+    i = _SPACE.match(text, i + 1).end()
+    if text[i] == "}":
+        return _json_object(pairs), i + 1
+    while True:
+        if text[i] != '"':
+            raise ValueError(i)
+        key, i = json.decoder.scanstring(text, i + 1)
+        i = _SPACE.match(text, i).end()
+        if text[i] != ":":
+            raise ValueError(i)
+        i = _SPACE.match(text, i + 1).end()
+        if spans is not None and key == "security_groups" and text[i] == "{":
+            value, i = _groups(text, i, spans)
+        else:
+            start = i
+            value, i = _SCAN(text, i)
+            if spans is not None and key == "host":
+                spans[("host",)] = (start, i)
+        pairs.append((key, value))
+        i = _SPACE.match(text, i).end()
+        if text[i] == ",":
+            i = _SPACE.match(text, i + 1).end()
+            continue
+        if text[i] == "}":
+            return _json_object(pairs), i + 1
+        raise ValueError(i)
+
+
+def _groups(text: str, i: int,
+            spans: dict[tuple[str, ...], tuple[int, int]]) -> tuple[dict, int]:
+    pairs = []
+    i = _SPACE.match(text, i + 1).end()
+    if text[i] == "}":
+        return _json_object(pairs), i + 1
+    while True:
+        if text[i] != '"':
+            raise ValueError(i)
+        key, i = json.decoder.scanstring(text, i + 1)
+        i = _SPACE.match(text, i).end()
+        if text[i] != ":":
+            raise ValueError(i)
+        start = _SPACE.match(text, i + 1).end()
+        value, i = _SCAN(text, start)
+        spans[("security_groups", key)] = (start, i)
+        pairs.append((key, value))
+        i = _SPACE.match(text, i).end()
+        if text[i] == ",":
+            i = _SPACE.match(text, i + 1).end()
+            continue
+        if text[i] == "}":
+            return _json_object(pairs), i + 1
+        raise ValueError(i)
+
+
+def spliced(layout: tuple[str, dict[tuple[str, ...], tuple[int, int]]], data: Any,
+             text: str) -> tuple[dict, dict[tuple[str, ...], tuple[int, int]]] | None:
+    """The data of ``text`` from the previous text's ``data``, when the two texts differ inside
+    the host's value or one group's value only: the text before that value and after it is
+    the same, and the new value is one JSON value that ends where the old one did (shifted
+    by the change in length), so the new text is the old one with that value replaced and
+    reads as the old data with that value replaced.  None otherwise."""
+    old, spans = layout
+    if not isinstance(data, dict) or not isinstance(data.get("security_groups"), dict):
+        return None
+    p = _common_prefix(old, text)
+    if p == len(old) == len(text):
+        return data, spans
+    s = _common_suffix(old, text, min(len(old), len(text)) - p)
+    delta = len(text) - len(old)
+    for path, (a, b) in spans.items():
+        if a <= p and len(old) - s <= b:
+            break
+    else:
+        return None
+    try:
+        value, end = _SCAN(text, a)
+    except Exception:  # noqa: BLE001 - read whole, and the problem named
+        return None
+    nested: Any = value
+    for _ in path:  # as deep in the document as the value is
+        nested = {"": nested}
+    if end != b + delta or _too_deep(nested):
+        return None
+    new = dict(data)
+    if len(path) == 1:
+        new[path[0]] = value
+    else:
+        groups = new[path[0]] = dict(data[path[0]])
+        groups[path[1]] = value
+    shifted = {n: (x + delta, y + delta) if x > a else (x, y) for n, (x, y) in spans.items()}
+    shifted[path] = (a, end)
+    return new, shifted
+
+
+def _common_prefix(a: str, b: str) -> int:
+    """The length of the longest common prefix of ``a`` and ``b`` (slices compared in C)."""
+    n = min(len(a), len(b))
+    lo = 0
+    while lo < n:
+        hi = min(n, lo + _CHUNK)
+        if a[lo:hi] != b[lo:hi]:
+            break
+        lo = hi
+    else:
+        return n
+    while hi - lo > 1:  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _common_suffix(a: str, b: str, limit: int) -> int:
+    """The length of the longest common suffix of ``a`` and ``b``, at most ``limit``."""
+    la, lb = len(a), len(b)
+    lo = 0
+    while lo < limit:
+        hi = min(limit, lo + _CHUNK)
+        if a[la - hi:la - lo] != b[lb - hi:lb - lo]:
+            break
+        lo = hi
+    else:
+        return limit
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[la - mid:la - lo] == b[lb - mid:lb - lo]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
