@@ -26,6 +26,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable, Union
 
 from ..load import DocumentError
@@ -51,8 +52,10 @@ class Snapshot:
     version: str | None = None          # ETag, etcd revision, ...
     at: float = field(default_factory=time.monotonic)
 
-    @property
+    @cached_property
     def digest(self) -> str:
+        # once per snapshot: the daemon compares it several times per event, and a hash of
+        # a 30 MB document costs tens of milliseconds
         return _digest(self.raw)
 
 
