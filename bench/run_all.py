@@ -27,12 +27,13 @@ import connrate  # noqa: E402
 import membership  # noqa: E402
 
 QUICK = {
-    "connrate": dict(sizes=[50, 200], reps=1, seconds=0.2, linear_max=200),
+    "connrate": dict(sizes=[50, 200], reps=1, seconds=0.2, linear_max=200, heldout_sizes=[200]),
     "apply": dict(sizes=[50, 200], reps=1, large_reps=1, profile_size=200),
     "membership": dict(sizes=[50, 200], refs=100, changes=2),
 }
 FULL = {
-    "connrate": dict(sizes=[1, 1000, 10_000, 50_000], reps=5, seconds=1.5, linear_max=10_000),
+    "connrate": dict(sizes=[1, 1000, 10_000, 50_000], reps=5, seconds=1.5, linear_max=10_000,
+                     heldout_sizes=[10_000]),
     "apply": dict(sizes=[1000, 10_000, 50_000], reps=3, large_reps=1, profile_size=10_000),
     "membership": dict(sizes=[100, 1000, 10_000], refs=1000, changes=10),
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -58,13 +59,44 @@ def test_docgen_documents_are_valid_and_the_client_rule_is_last():
     parse_data(more)
 
 
+def test_heldout_documents_are_valid_and_only_the_client_rule_matches_the_client():
+    import docgen
+    import heldout
+    import hvgen
+    from sgagent.compiler import compile_document
+    from sgagent.evaluator import Packet, evaluate
+    from sgagent.load import parse_data
+
+    for n in (1, 50, 400):
+        doc = heldout.generate(n)
+        assert docgen.count_rules(doc) == n
+        parsed = parse_data(doc)
+        rs = compile_document(parsed)
+        inbound = rs.chain(docgen.NIC, "inbound").decisions
+        assert inbound[-1].counter.rule == "bench-client"
+        got = evaluate(parsed, Packet(nic=docgen.NIC, direction="inbound",
+                                      peer=ipaddress.ip_address(docgen.CLIENT),
+                                      protocol="tcp", port=docgen.SERVER_PORT))
+        assert (got.verdict, got.rule) == ("accept", "bench-client"), got
+    rules = [r for g in heldout.generate(400)["security_groups"].values() for r in g["rules"]]
+    assert any(r["policy"] == "drop" for r in rules)
+    assert any(r["direction"] == "outbound" for r in rules)
+    hv = hvgen.generate(3, 200, bench_pair=True, mix="heldout")
+    assert hvgen.count_rules(hv) == 600
+    parse_data(hv)
+    with pytest.raises(ValueError):
+        hvgen.generate(3, 200, mix="nonesuch")
+
+
 def test_connrate_smoke(tmp_path):
     _needs_root("gcc")
     data = _run("connrate.py", "--sizes", "30", "--reps", "1", "--seconds", "0.1",
-                "--linear-max", "30", "--no-diagnostics", out=tmp_path / "connrate.json")
+                "--linear-max", "30", "--no-diagnostics", "--heldout", "30",
+                out=tmp_path / "connrate.json")
     names = {c["name"]: c for c in data["configs"]}
-    assert {"none", "conntrack-only", "sets-30", "linear-30"} <= set(names)
-    for name in ("sets-30", "linear-30"):
+    assert {"none", "conntrack-only", "sets-30", "linear-30", "heldout-30"} <= set(names)
+    assert names["heldout-30"]["p50_latency_vs_conntrack_only"] > 0
+    for name in ("sets-30", "linear-30", "heldout-30"):
         c = names[name]
         assert c["rate"] > 0 and c["p50_us"] is not None
         assert c["check"]["counted_on_client_rule"] > 0
