@@ -2,8 +2,9 @@
 traceback.
 
 Importing this module costs next to nothing: ``sgagent --version`` is answered here, before typer
-or pydantic is loaded, and every other command line goes to :mod:`sgagent.commands`, whose
-commands import only what each one needs."""
+or pydantic is loaded; a plain ``validate FILE [--json]`` runs :mod:`sgagent.validation` without
+typer (its start-up would be a fifth of the check); every other command line goes to
+:mod:`sgagent.commands`, whose commands import only what each one needs."""
 
 from __future__ import annotations
 
@@ -34,10 +35,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    plain = _plain_validate(args)
+    if plain is not None:
+        return _validate(*plain)
     import typer
 
     from .commands import UserError, app
-    args = sys.argv[1:] if argv is None else argv
     if not args and "_SGAGENT_COMPLETE" not in os.environ:  # (a shell asking to complete)
         # No command is a usage error (DECISIONS 10, 24): the help, on stderr, and exit 1.
         import contextlib
@@ -68,7 +72,37 @@ def _main(argv: list[str] | None) -> int:
         return 1
 
 
-def _error_message(exc: Exception, user_error: type[Exception]) -> str | None:
+def _plain_validate(args: list[str]) -> tuple[str, bool] | None:
+    """``validate FILE``, ``validate FILE --json`` or ``validate --json FILE``: the file and
+    whether JSON was asked for; None for any other command line (typer's)."""
+    if args[:1] != ["validate"] or len(args) not in (2, 3) or "_SGAGENT_COMPLETE" in os.environ:
+        return None
+    rest = [a for a in args[1:] if a != "--json"]
+    as_json = len(rest) < len(args) - 1
+    if len(rest) != 1 or len(args) != 2 + as_json or not rest[0] or rest[0].startswith("-"):
+        return None
+    return rest[0], as_json
+
+
+def _validate(file: str, as_json: bool) -> int:
+    """``sgagent validate``, its errors mapped to messages and exit codes as :func:`_main`
+    maps them."""
+    from pathlib import Path
+
+    from .validation import validate
+    try:
+        return validate(Path(file), as_json)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        message = _error_message(exc, None)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        return 1
+
+
+def _error_message(exc: Exception, user_error: type[Exception] | None) -> str | None:
     """What to print for an error the user can act on; None for any other (a bug: the
     traceback shows).  The error classes of the document reader, the network namespaces and
     the nftables backend are looked up among the modules already imported: an exception of a
@@ -80,7 +114,8 @@ def _error_message(exc: Exception, user_error: type[Exception]) -> str | None:
         return f"error: {one_per_problem(str(exc))}"
     if _is(exc, ".backend.kernel", "ApplyError") or _is(exc, ".backend.kernel", "Refused"):
         return f"error: {exc}"  # another backend's (iptables): its tool's own message
-    if isinstance(exc, user_error) or _is(exc, ".netns", "NetnsError"):
+    if (user_error is not None and isinstance(exc, user_error)) or \
+            _is(exc, ".netns", "NetnsError"):
         return f"error: {exc}"
     if _is(exc, ".nft.libnft", "NftError"):
         msg = one_per_problem(str(exc))

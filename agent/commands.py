@@ -95,33 +95,10 @@ def validate(file: Path = typer.Argument(..., metavar="FILE", help="host documen
              as_json: bool = typer.Option(False, "--json", help="print the result as JSON")
              ) -> None:
     """Check a host document; exit 0 if valid, 1 with every error and its path if not."""
-    if not as_json:
-        doc = _load(file)
-    else:
-        from .load import DocumentError
-        try:
-            doc = _load(file)
-        except DocumentError as exc:
-            typer.echo(json.dumps({"file": str(file), "valid": False,
-                                   "errors": [_error_item(e) for e in exc.errors]}, indent=2))
-            raise typer.Exit(EXIT_ERROR) from None
-    groups = len(doc.security_groups)
-    rules = sum(len(g.rules) for g in doc.security_groups.values())
-    if as_json:
-        typer.echo(json.dumps({"file": str(file), "valid": True, "nics": len(doc.host.nics),
-                               "groups": groups, "rules": rules, "errors": []}, indent=2))
-        return
-    from .console import line
-    line(f"{file}: valid ({len(doc.host.nics)} NICs, {groups} groups, {rules} rules)", "green")
-
-
-def _error_item(error: str) -> dict[str, str]:
-    """``security_groups.sg.rules[0].ports: 70000 is not a port`` as its path and message (an
-    error about the file itself, e.g. not found, has no path)."""
-    path, sep, message = error.partition(": ")
-    if not sep or " " in path and not path.startswith("("):
-        return {"path": "", "message": error}
-    return {"path": path, "message": message}
+    from .validation import validate as check
+    rc = check(file, as_json)
+    if rc:
+        raise typer.Exit(rc)
 
 
 @command()

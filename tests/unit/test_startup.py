@@ -1,6 +1,7 @@
 """What each command line imports (issue 10, start-up): ``--version`` loads neither typer nor
-pydantic, ``validate`` nothing of the compiler, the backend or the daemon, ``compile`` nothing of
-the kernel side.  Each command runs in a fresh interpreter, as the ``sgagent`` script runs it,
+pydantic, ``validate`` no typer (a plain ``validate FILE [--json]`` is run without it, saying
+exactly what typer's ``validate`` says) and nothing of the compiler, the backend or the daemon,
+``compile`` nothing of the kernel side.  Each command runs in a fresh interpreter, as the ``sgagent`` script runs it,
 and reports ``sys.modules`` as it is when the command is done.  Import assertions, no timing
 (bench/startup.py measures the time)."""
 
@@ -68,6 +69,42 @@ def test_validate_loads_only_the_reader_the_model_and_the_checks():
     assert proc.stdout == f"{EXAMPLE}: valid (1 NICs, 1 groups, 3 rules)"
     assert {"sgagent.load", "sgagent.model", "sgagent.checks"} <= modules
     assert loaded(modules, *NOT_FOR_VALIDATE) == []
+    assert loaded(modules, "typer", "click", "rich", "sgagent.commands") == []
+    proc, modules = command("validate", "--json", str(EXAMPLE))
+    assert proc.returncode == 0 and json.loads(proc.stdout)["valid"] is True
+    assert loaded(modules, "typer", "sgagent.commands") == []
+
+
+def _through_typer(capsys, argv: list[str]) -> tuple[int, str, str]:
+    """``sgagent ARGV`` as typer runs it: the same command line with ``--`` before the file
+    (click's end of options), which the plain path leaves to typer."""
+    argv = [*argv[:-1], "--", argv[-1]] if argv[-1] != "--json" else \
+        [*argv[:-2], "--json", "--", argv[-2]]
+    loaded_before = "sgagent.commands" in sys.modules
+    rc = main(argv)
+    assert loaded_before or "sgagent.commands" in sys.modules  # typer ran it
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.mark.parametrize("case", ["valid", "refused", "missing", "not yaml"])
+@pytest.mark.parametrize("form", [[], ["--json"], ["--json", "before"]])
+def test_plain_validate_says_what_typers_validate_says(capsys, tmp_path, case, form):
+    if case == "valid":
+        path = EXAMPLE
+    else:
+        path = tmp_path / "doc.yaml"
+        if case == "refused":
+            path.write_text(yaml.safe_dump(raw({"sg-web": {"rules": [rule(ports=70000)]}})))
+        elif case == "not yaml":
+            path.write_text("version: [1\n")
+    argv = ["validate", str(path), *form[:1]]
+    if "before" in form:
+        argv = ["validate", "--json", str(path)]
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    assert (rc, out, err) == _through_typer(capsys, argv)
+    assert rc == (0 if case == "valid" else 1) and (out if rc == 0 or form else err)
 
 
 def test_a_refused_document_loads_no_more(tmp_path):
