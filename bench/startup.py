@@ -14,7 +14,9 @@ Every command runs as the ``sgagent`` script runs it (``from sgagent.cli import 
 cached as an installed package has it (``PYTHONPYCACHEPREFIX`` in a temporary directory, warmed
 by one run of each command before the first round; ``--no-bytecode-cache`` writes none, so that
 sgagent's modules, which have none in a checkout, are compiled from source at each run). Wall
-time is fork to exit and peak RSS the child's ``ru_maxrss``, both taken by a small helper
+time is fork to exit, CPU time the child's user + system time (steadier than wall time on a
+shared machine: it leaves out the time the command waited for a core) and peak RSS the child's
+``ru_maxrss``, all taken by a small helper
 interpreter that forks the command (a child forked from a bigger process keeps that process's
 high-water mark through exec). Outputs of old and new are compared once (``same_output``).
 
@@ -59,7 +61,7 @@ DIAGNOSTICS = {
     "sgagent.load: reader, model and checks, no CLI": "import sgagent.load",
 }
 
-# Forks and execs one command, waits, and writes "wall_s maxrss_kb exit_code" to a file.  Run
+# Forks and execs one command, waits, and writes "wall_s maxrss_kb exit_code cpu_s" to a file.  Run
 # with -S -E: it imports only built-in modules, so its own high-water mark stays below any
 # child's.
 _HELPER = """
@@ -77,7 +79,8 @@ if pid == 0:
 _, st, ru = os.wait4(pid, 0)
 t1 = time.perf_counter()
 with open(out, "w") as f:
-    f.write(f"{t1 - t0} {ru.ru_maxrss} {os.waitstatus_to_exitcode(st)}")
+    f.write(f"{t1 - t0} {ru.ru_maxrss} {os.waitstatus_to_exitcode(st)} "
+            f"{ru.ru_utime + ru.ru_stime}")
 """
 
 
@@ -116,16 +119,16 @@ def environment(path: Path, pycache: Path | None) -> dict[str, str]:
     return env
 
 
-def timed(argv: list[str], env: dict[str, str], result: Path) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one run of ``argv``."""
+def timed(argv: list[str], env: dict[str, str], result: Path) -> tuple[float, float, float]:
+    """Wall seconds, peak RSS (MB) and CPU seconds of one run of ``argv``."""
     proc = subprocess.run([common.PYTHON, "-S", "-E", "-c", _HELPER, str(result), *argv],
                           env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=300,
                           cwd=ROOT)
     fields = result.read_text().split() if result.exists() else []
     result.unlink(missing_ok=True)
-    if proc.returncode != 0 or len(fields) != 3 or fields[2] != "0":
+    if proc.returncode != 0 or len(fields) != 4 or fields[2] != "0":
         raise RuntimeError(f"{' '.join(argv[-3:])}: failed ({fields}) {proc.stderr[-2000:]!r}")
-    return float(fields[0]), int(fields[1]) / 1024
+    return float(fields[0]), int(fields[1]) / 1024, float(fields[3])
 
 
 def run(rounds: int, before: str, doc: Path, bytecode_cache: bool = True) -> dict[str, Any]:
@@ -160,7 +163,8 @@ def run(rounds: int, before: str, doc: Path, bytecode_cache: bool = True) -> dic
                 if proc.returncode != 0:
                     raise RuntimeError(f"{key}: exit {proc.returncode}: {proc.stderr[-2000:]}")
                 outputs[key] = proc.stdout
-            samples: dict[tuple[str, str], list[tuple[float, float]]] = {k: [] for k in configs}
+            samples: dict[tuple[str, str], list[tuple[float, float, float]]] = \
+                {k: [] for k in configs}
             keys = list(configs)
             for r in range(rounds):
                 for key in keys[r % len(keys):] + keys[:r % len(keys)]:
@@ -168,19 +172,21 @@ def run(rounds: int, before: str, doc: Path, bytecode_cache: bool = True) -> dic
     return summarize(samples, outputs, commands, floor, rounds, before, doc, bytecode_cache)
 
 
-def stats(xs: list[tuple[float, float]]) -> dict[str, Any]:
-    wall = [w for w, _ in xs]
-    rss = [m for _, m in xs]
+def stats(xs: list[tuple[float, float, float]]) -> dict[str, Any]:
+    wall = [w for w, _, _ in xs]
+    rss = [m for _, m, _ in xs]
     return {"median_ms": common.rnd(1000 * common.median(wall), 1),
             "p90_ms": common.rnd(1000 * common.percentile(wall, 0.9), 1),
             "min_ms": common.rnd(1000 * min(wall), 1),
+            "cpu_median_ms": common.rnd(1000 * common.median([c for _, _, c in xs]), 1),
             "peak_rss_mb": common.rnd(common.median(rss), 1),
             "peak_rss_mb_max": common.rnd(max(rss), 1)}
 
 
-def ratio(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float | None:
-    """The median of the per-round ratios of wall times (a / b)."""
-    return common.rnd(common.median([x[0] / y[0] for x, y in zip(a, b)]), 3)
+def ratio(a: list[tuple[float, float, float]], b: list[tuple[float, float, float]],
+          i: int = 0) -> float | None:
+    """The median of the per-round ratios of wall times (``i`` 2: CPU times) (a / b)."""
+    return common.rnd(common.median([x[i] / y[i] for x, y in zip(a, b)]), 3)
 
 
 def summarize(samples, outputs, commands, floor, rounds, before, doc,
@@ -192,10 +198,12 @@ def summarize(samples, outputs, commands, floor, rounds, before, doc,
         rows[label] = {
             "new": stats(new), "old": stats(old),
             "new_vs_old": ratio(new, old),
+            "new_vs_old_cpu": ratio(new, old, 2),
             "new_vs_floor": ratio(new, base), "old_vs_floor": ratio(old, base),
-            "new_above_floor_ms": common.rnd(1000 * (common.median([w for w, _ in new])
-                                                     - common.median([w for w, _ in base])), 1),
-            "new_of_issue_figure": common.rnd(common.median([w for w, _ in new])
+            "new_above_floor_ms": common.rnd(1000 * (common.median([w for w, _, _ in new])
+                                                     - common.median([w for w, _, _ in base])),
+                                             1),
+            "new_of_issue_figure": common.rnd(common.median([w for w, _, _ in new])
                                               / ISSUE_FIGURE_S, 3),
             "same_output": outputs[(label, "new")] == outputs[(label, "old")],
         }
@@ -205,6 +213,8 @@ def summarize(samples, outputs, commands, floor, rounds, before, doc,
     for label in DIAGNOSTICS:
         d = stats(samples[(label, "new")])
         d["above_floor_ms"] = common.rnd(d["median_ms"] - stats(base)["median_ms"], 1)
+        d["cpu_above_floor_ms"] = common.rnd(d["cpu_median_ms"] - stats(base)["cpu_median_ms"],
+                                             1)
         diagnostics[label] = d
     return {"benchmark": "startup", "date": common.now_iso(), "machine": common.machine(),
             "params": {"rounds": rounds, "before": rev or before,
@@ -223,24 +233,27 @@ def markdown(res: dict[str, Any]) -> str:
     lines = [
         f"CLI start-up, this tree (new) against `{p['before']}` (old), medians of {p['rounds']} "
         f"interleaved rounds; bytecode {p['bytecode']}. `{floor}`: {f['median_ms']:.0f} ms "
-        f"(p90 {f['p90_ms']:.0f} ms), {f['peak_rss_mb']:.1f} MB.",
+        f"(p90 {f['p90_ms']:.0f} ms, CPU {f['cpu_median_ms']:.0f} ms), "
+        f"{f['peak_rss_mb']:.1f} MB.",
         "",
-        "| command | new (p90) | old (p90) | new / old | new / floor | new / 0.36 s "
-        "| peak RSS new / old | same output |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| command | new (p90) | old (p90) | new / old | CPU new / old | new / floor "
+        "| new / 0.36 s | peak RSS new / old | same output |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for label, r in res["commands"].items():
         n, o = r["new"], r["old"]
         lines.append(
             f"| `{label}` | {n['median_ms']:.0f} ms ({n['p90_ms']:.0f}) | {o['median_ms']:.0f} ms "
-            f"({o['p90_ms']:.0f}) | {r['new_vs_old']:.2f} | {r['new_vs_floor']:.2f} "
+            f"({o['p90_ms']:.0f}) | {r['new_vs_old']:.2f} | {n['cpu_median_ms']:.0f} / "
+            f"{o['cpu_median_ms']:.0f} ms | {r['new_vs_floor']:.2f} "
             f"| {common.pct(r['new_of_issue_figure'])} | {n['peak_rss_mb']:.0f} / "
             f"{o['peak_rss_mb']:.0f} MB | {'yes' if r['same_output'] else 'no'} |")
     lines += ["", "| by itself (`python -c`, this tree) | median (p90) | above the floor "
-              "| peak RSS |", "|---|---:|---:|---:|"]
+              "| CPU above the floor | peak RSS |", "|---|---:|---:|---:|---:|"]
     for label, d in res["diagnostics"].items():
         lines.append(f"| {label} | {d['median_ms']:.0f} ms ({d['p90_ms']:.0f}) "
-                     f"| {d['above_floor_ms']:.0f} ms | {d['peak_rss_mb']:.0f} MB |")
+                     f"| {d['above_floor_ms']:.0f} ms | {d['cpu_above_floor_ms']:.0f} ms "
+                     f"| {d['peak_rss_mb']:.0f} MB |")
     return "\n".join(lines) + "\n"
 
 
