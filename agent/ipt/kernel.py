@@ -39,14 +39,14 @@ VARIANTS = ("legacy", "nft")
 TIMEOUT = 120
 # An empty ipset whose name says what the last apply loaded and the state it left
 # (:meth:`IptKernel.unchanged`); ipset names hold at most 31 characters: 84 bits of digest.
-MARK = f"{PREFIX}-a-"
+MARK = f"{PREFIX}-m-"
 _MARK_HEX = 31 - len(MARK)
 
 # What a fingerprint covers, in the order the tools print it: sgagent's chains and their
 # rules, the jumps to them (without counters), and sgagent's sets with their elements.
 _OWN_LINES = re.compile(r"^(?:\[\d+:\d+\] )?((?::|-A )" + PREFIX + r"\S* .*|"
                         r"-A (?:INPUT|FORWARD|OUTPUT) -j " + PREFIX + r"\S+)$", re.M)
-_OWN_SETS = re.compile(r"^((?:create|add) " + PREFIX + r"(?!-a-)\S* .*)$", re.M)
+_OWN_SETS = re.compile(r"^((?:create|add) " + PREFIX + r"(?!-m-)\S* .*)$", re.M)
 _MARKS = re.compile(r"^create (" + MARK + r"\S+) ", re.M)
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from sgagent.compiler import compile_document
 from sgagent.ipt.backend import IptBackend
-from sgagent.ipt.kernel import IptKernel
+from sgagent.ipt.kernel import MARK, IptKernel
 from sgagent.load import parse_data
 from sgagent.sandbox import Outcome, Probe, Sandbox
 
@@ -36,7 +36,7 @@ def fresh(ns: str, variant: str, renders: list | None = None) -> IptBackend:
 
 
 def marks(ns: str) -> list[str]:
-    return [n for n in run_in(ns, "ipset", "list", "-n").split() if n.startswith("sgagent-a-")]
+    return [n for n in run_in(ns, "ipset", "list", "-n").split() if n.startswith(MARK)]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -44,7 +44,7 @@ def test_an_unchanged_apply_renders_nothing_and_a_changed_kernel_is_repaired(ns,
     with fresh(ns, variant) as be:
         be.apply(RS)
         listing = be.live_text()
-    assert len(marks(ns)) == 1 and "sgagent-a-" not in listing
+    assert len(marks(ns)) == 1 and MARK not in listing
     renders: list = []
     with fresh(ns, variant, renders) as be:
         result = be.apply(RS)
