@@ -102,36 +102,35 @@ def _z(text: str) -> bytes:
     return text.encode() + b"\0"
 
 
-@functools.lru_cache(maxsize=1 << 16)
 def _expr(name: str, data: bytes) -> bytes:
     return nlattr(NFTA_LIST_ELEM | NLA_F_NESTED,
                   nlattr(NFTA_EXPR_NAME, _z(name)) + nlattr(NFTA_EXPR_DATA | NLA_F_NESTED, data))
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 12)
 def _meta(key: int) -> bytes:
     return _expr("meta", _u32(2, key) + _u32(1, REG_1))             # KEY, DREG
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 12)
 def _cmp(op: int, value: bytes) -> bytes:
     return _expr("cmp", _u32(1, REG_1) + _u32(2, op)                # SREG, OP
                  + nlattr(3 | NLA_F_NESTED, nlattr(NFTA_DATA_VALUE, value)))
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 12)
 def _payload(base: int, offset: int, length: int) -> bytes:
     return _expr("payload", _u32(1, REG_1) + _u32(2, base) + _u32(3, offset) + _u32(4, length))
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 12)
 def _bitwise(mask: bytes) -> bytes:
     return _expr("bitwise", _u32(1, REG_1) + _u32(2, REG_1) + _u32(3, len(mask))
                  + nlattr(4 | NLA_F_NESTED, nlattr(NFTA_DATA_VALUE, mask))
                  + nlattr(5 | NLA_F_NESTED, nlattr(NFTA_DATA_VALUE, bytes(len(mask)))))
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 12)
 def _lookup(set_name: str, set_id: int | None, verdict_map: bool) -> bytes:
     data = _u32(2, REG_1)                                           # SREG
     if verdict_map:
@@ -142,18 +141,17 @@ def _lookup(set_name: str, set_id: int | None, verdict_map: bool) -> bytes:
     return _expr("lookup", data)
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 12)
 def _verdict(kind: str, chain: str | None = None) -> bytes:
     value = kind if chain is None else f"{kind} {chain}"
     return _expr("immediate", _u32(1, REG_VERDICT) + nlattr(2 | NLA_F_NESTED, verdict_data(value)))
 
 
-@functools.lru_cache(maxsize=1 << 16)
 def _objref(counter: str) -> bytes:
     return _expr("objref", _u32(1, NFT_OBJECT_COUNTER) + nlattr(2, counter.encode()))
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 12)
 def _compare(lo: int, hi: int, width: int) -> bytes:
     """``N`` or ``N-M`` as nft compares it: eq, or gte and lte (big-endian values)."""
     if lo == hi:

@@ -62,7 +62,7 @@ def _host32(n: int) -> bytes:
     return struct.pack("=I", n)
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 12)
 def verdict_data(value: str) -> bytes:
     """A verdict (``accept``, ``goto CHAIN`` ...) as ``NFTA_DATA_VERDICT``."""
     kind, _, chain = value.partition(" ")
