@@ -145,6 +145,7 @@ def apply(file: Path = typer.Argument(..., metavar="FILE", help="host document")
         doc = _load(file, progress)
         progress.stage("compile")
         rs = compile_document(doc)
+        del doc   # not needed any more: its memory serves the rendering and the batch
         progress.stage("apply")
         with _backend(backend, netns, rendering) as be:
             if dry_run:
