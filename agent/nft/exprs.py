@@ -455,10 +455,33 @@ def encode(text: str, declare: Declare | None = None,
     """The rule's ``NFTA_RULE_EXPRESSIONS`` payload, or None if it is not of a known shape.
     ``declare`` puts an anonymous set the rule needs into the batch (None: such a rule is not
     encoded); ``set_ids``: the ids of the sets declared earlier in the same batch."""
+    head, sep, tail = text.partition(" counter name ")
     try:
+        if sep and "@" not in head and "{" not in head:
+            # the matches before a named counter repeat across rules (tcp dport 80 ...):
+            # encoded once, the counter and verdict after them each time
+            done = _matches(head)
+            if done is None:
+                return None
+            rule = _Rule(_TOKENS.findall("counter name " + tail), declare, set_ids)
+            rule.out, rule.nfproto, rule.l4 = [done[0]], done[1], done[2]
+            return rule.parse()
         return _Rule(_TOKENS.findall(text), declare, set_ids).parse()
     except (Unknown, ValueError, OverflowError, struct.error):
         return None
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _matches(text: str) -> tuple[bytes, str | None, str | None] | None:
+    """Matches without set lookups, and what they establish (family, protocol)."""
+    try:
+        rule = _Rule(_TOKENS.findall(text), None, None)
+        out = rule.parse()
+    except (Unknown, ValueError, OverflowError, struct.error):
+        return None
+    if rule.decided:
+        return None
+    return out, rule.nfproto, rule.l4
 
 
 def encode_rule(text: str) -> bytes | None:
