@@ -14,12 +14,15 @@ into a brand-new empty namespace, interleaved:
   part spent inside libnftables (parse, netlink, kernel commit) measured apart;
 * diagnostic ``cli, gc off``: the same CLI run with Python's cyclic garbage collector disabled,
   to show what the collector costs on these object graphs;
-* ``cli --version``: interpreter start and imports, the floor of any CLI run.
+* ``cli --version``: interpreter start and imports, the floor of any CLI run;
+* with ``--baseline COMMIT``, ``cli, baseline``: the same CLI run with the package as it was at
+  that commit (``git archive`` into a temporary directory), side by side in the same rounds.
 
 Once per size, in this process: the phases of the CLI path (read+validate, compile, render,
 text) timed one by one, and at ``--profile-size`` a cProfile of them (top functions by own time).
 
     .venv/bin/python bench/apply.py [--sizes 1000,10000,50000] [--reps 3] [--large-reps 1]
+                                    [--baseline COMMIT]
 
 Writes bench/results/apply.json (``--out``).  Needs root and nft.
 """
@@ -52,6 +55,19 @@ OUT = common.RESULTS / "apply.json"
 NOGC = ("import gc, sys; gc.disable(); from sgagent.cli import main; "
         "sys.exit(main(sys.argv[1:]))")
 METHODS = ("cli", "nft -f", "in-process", "cli, gc off")
+BASELINE = "cli, baseline"
+RUN_CLI = "import sys; from sgagent.cli import main; sys.exit(main(sys.argv[1:]))"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def extract(commit: str, into: Path) -> Path:
+    """The package as it was at ``commit``, importable as ``sgagent`` from the returned path."""
+    into.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "agent"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    (into / "sgagent").symlink_to(into / "agent")
+    return into
 
 
 def timed_child(argv: list[str], timeout: float = 900) -> dict[str, Any]:
@@ -174,16 +190,19 @@ def child_main(what: str, path: str, ns: str | None) -> int:
 
 
 def run(sizes: list[int] | None = None, reps: int = 3, large_reps: int = 1,
-        profile_size: int | None = 10_000, seed: int = 1, log=print) -> dict[str, Any]:
+        profile_size: int | None = 10_000, seed: int = 1, log=print,
+        baseline: str | None = None) -> dict[str, Any]:
     common.require_root()
     sizes = sizes or [1000, 10_000, 50_000]
     tok = common.token()
     counter = iter(range(10**6))
-    samples: dict[int, dict[str, list[dict[str, Any]]]] = {n: {m: [] for m in METHODS}
+    all_methods = METHODS + ((BASELINE,) if baseline else ())
+    samples: dict[int, dict[str, list[dict[str, Any]]]] = {n: {m: [] for m in all_methods}
                                                            for n in sizes}
     info: dict[int, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="sgbench-") as tmp:
         work = Path(tmp)
+        base = extract(baseline, work / "baseline") if baseline else None
         docs, texts = {}, {}
         for n in sizes:
             docs[n] = work / f"doc{n}.json"
@@ -203,7 +222,7 @@ def run(sizes: list[int] | None = None, reps: int = 3, large_reps: int = 1,
             for n in sizes:
                 if rep >= (reps if n <= 10_000 else large_reps):
                     continue
-                methods = list(METHODS)
+                methods = list(all_methods)
                 methods = methods[rep % len(methods):] + methods[:rep % len(methods)]
                 for m in methods:
                     ns = f"{tok}a{next(counter)}"
@@ -213,6 +232,9 @@ def run(sizes: list[int] | None = None, reps: int = 3, large_reps: int = 1,
                         elif m == "cli, gc off":
                             r = timed_child([common.PYTHON, "-c", NOGC, "apply", str(docs[n]),
                                              "--netns", ns])
+                        elif m == BASELINE:
+                            r = timed_child(["env", f"PYTHONPATH={base}", common.PYTHON, "-c",
+                                             RUN_CLI, "apply", str(docs[n]), "--netns", ns])
                         elif m == "nft -f":
                             r = timed_child(["ip", "netns", "exec", ns, "nft", "-f", str(texts[n])])
                         else:
@@ -223,9 +245,10 @@ def run(sizes: list[int] | None = None, reps: int = 3, large_reps: int = 1,
                             r["counters_in_kernel"] = listed.stdout.count("\tcounter ")
                     samples[n][m].append(r)
                 log(f"apply: round {rep + 1} at {n:,} rules: "
-                    + ", ".join(f"{m} {samples[n][m][-1]['s']:.2f}s" for m in METHODS))
+                    + ", ".join(f"{m} {samples[n][m][-1]['s']:.2f}s" for m in all_methods))
     return summarise(sizes, samples, info, startup,
-                     {"sizes": sizes, "reps": reps, "large_reps": large_reps, "seed": seed})
+                     {"sizes": sizes, "reps": reps, "large_reps": large_reps, "seed": seed,
+                      "baseline": baseline})
 
 
 def summarise(sizes, samples, info, startup, params) -> dict[str, Any]:
@@ -235,7 +258,7 @@ def summarise(sizes, samples, info, startup, params) -> dict[str, Any]:
         s = samples[n]
         row: dict[str, Any] = {"rules": n, **{k: (round(v, 4) if isinstance(v, float) else v)
                                              for k, v in info[n].items()}}
-        for m in METHODS:
+        for m in (m for m in s if s[m]):
             key = m.replace(" -f", "_f").replace(", ", "_").replace(" ", "_").replace("-", "_")
             row[f"{key}_s"] = common.rnd(med([r["s"] for r in s[m]]), 3)
             row[f"{key}_samples_s"] = [round(r["s"], 3) for r in s[m]]
@@ -251,6 +274,11 @@ def summarise(sizes, samples, info, startup, params) -> dict[str, Any]:
         row["commands"] = ip_[0]["commands"] if ip_ else None
         row["counters_in_kernel"] = s["cli"][0].get("counters_in_kernel") if s["cli"] else None
         row["cli_vs_nft_f"] = common.rnd(med([a["s"] / b["s"] for a, b in zip(s["cli"], s["nft -f"])]), 2)
+        if s.get(BASELINE):
+            row["cli_baseline_vs_nft_f"] = common.rnd(med([a["s"] / b["s"] for a, b in
+                                                           zip(s[BASELINE], s["nft -f"])]), 2)
+            row["cli_vs_cli_baseline"] = common.rnd(med([a["s"] / b["s"] for a, b in
+                                                         zip(s["cli"], s[BASELINE])]), 2)
         rows.append(row)
     targets = []
     r10 = next((r for r in rows if r["rules"] == 10_000), None)
@@ -288,6 +316,12 @@ def markdown(res: dict[str, Any]) -> str:
             f"| {r['in_process_s']:.2f} s ({r['in_process_libnftables_s']:.2f} s) "
             f"| {r['cli_gc_off_s']:.2f} s | {r['cli_maxrss_mb']:.0f} MB | {r['nft_f_maxrss_mb']:.0f} MB "
             f"| {r['script_bytes'] / 1e6:.1f} MB, {r['commands']:,} lines |")
+    for r in res["sizes"]:
+        if "cli_baseline_s" in r:
+            lines.append(f"\nAt {r['rules']:,} rules the CLI as at {res['params']['baseline']}: "
+                         f"{r['cli_baseline_s']:.2f} s ({r['cli_baseline_vs_nft_f']:.1f}x nft -f), "
+                         f"peak RSS {r['cli_baseline_maxrss_mb']:.0f} MB; now / then "
+                         f"{r['cli_vs_cli_baseline']:.2f}x.")
     lines += ["", "Where the CLI's time goes (each step timed alone in a fresh process, one run; "
               "the CLI also pays the interpreter start above, and the collector):", "",
               "| rules | read + validate | compile | render | text | libnftables (in-process apply) "
@@ -316,10 +350,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--large-reps", type=int, default=1, help="rounds for larger sizes")
     ap.add_argument("--profile-size", type=int, default=10_000, help="0: no profile")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--baseline", metavar="COMMIT",
+                    help="also run the CLI as it was at this commit, side by side")
     ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args(argv)
     res = run([int(x) for x in a.sizes.split(",")], a.reps, a.large_reps,
-              a.profile_size or None, a.seed)
+              a.profile_size or None, a.seed, baseline=a.baseline)
     common.write_json(a.out, res)
     print(markdown(res))
     return 0
