@@ -264,8 +264,11 @@ class IptKernel:
         if swaps:
             self.run(["ipset", "restore"], "".join(f"swap {t} {n}\n" for t, n in swaps))
             self._destroy(t for t, _ in swaps)
-        self._destroy(n for n in live.sets if n not in want.sets)
-        self._announce(mark, live.marks)
+        unused = [n for n in live.sets if n not in want.sets]
+        self._destroy(unused)
+        # nothing sent: the state is the one just read (no second read for the mark)
+        same = not lines and not unused and not any(scripts.values())
+        self._announce(mark, live.marks, snap.fingerprint if same else None)
         return live.loaded
 
     def flush(self) -> bool:
@@ -284,13 +287,15 @@ class IptKernel:
         self._watchers.append(poller)
         return poller
 
-    def _announce(self, mark: str | None = None, marks: tuple[str, ...] = ()) -> None:
-        """Tell the watches the state sgagent's own change left, so they do not report it,
-        and (``mark``) leave the mark of that state in place of the ``marks`` before."""
+    def _announce(self, mark: str | None = None, marks: tuple[str, ...] = (),
+                  fingerprint: str | None = None) -> None:
+        """Tell the watches the state sgagent's own change left (its ``fingerprint``, read
+        if not given), so they do not report it, and (``mark``) leave the mark of that state
+        in place of the ``marks`` before."""
         self._watchers = [w for w in self._watchers if w.running]
         if not self._watchers and mark is None:
             return
-        fp = self.fingerprint()
+        fp = fingerprint if fingerprint is not None else self.fingerprint()
         for w in self._watchers:
             w.expect(fp)
         if mark is not None:

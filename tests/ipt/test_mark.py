@@ -75,6 +75,25 @@ def test_an_unchanged_apply_renders_nothing_and_a_changed_kernel_is_repaired(ns,
     assert run_in(ns, "ipset", "list", "-n") == ""
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_lost_mark_costs_one_compare_that_sends_nothing(ns, variant):
+    with fresh(ns, variant) as be:
+        be.apply(RS)
+        listing = be.live_text()
+    for name in marks(ns):
+        run_in(ns, "ipset", "destroy", name)
+    renders: list = []
+    with fresh(ns, variant, renders) as be:
+        before = be.kernel.commands
+        be.apply(RS)
+        # the read, the mark: no restore, no second read
+        assert len(renders) == 1 and be.kernel.commands - before == 5
+    assert len(marks(ns)) == 1
+    with fresh(ns, variant, renders) as be:
+        be.apply(RS)
+        assert len(renders) == 1 and be.live_text() == listing
+
+
 def test_the_mark_names_the_rendering_and_the_variant():
     marks_ = {IptBackend(rendering=r, kernel=IptKernel(None, v)).mark(RS)
               for r in ("sets", "linear") for v in VARIANTS}
