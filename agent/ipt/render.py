@@ -1,16 +1,19 @@
 """Render the IR as iptables chains and ipsets, per address family (iptables, ip6tables).
 
 ``sets`` renders the plan of the nftables set rendering (:mod:`sgagent.peerclass`): the peer
-address is looked up in ipsets, then a short *class chain* decides by protocol and port.
-iptables has no verdict maps, so the lookup is a tree over the class number: the classes of
-a NIC chain and family are numbered 1..N, and ipset ``b<k>`` (``hash:net``) holds the
-addresses whose class has bit ``k``; a node chain tests two bits and goes on to the next
-(nf_tables refuses chains nested more than 16 deep), so a packet costs at most
-1.5 ceil(log2(N+1)) ipset lookups whatever the number of rules.  Single
-addresses and group members (looked up exactly in nftables) are /32 (/128) elements, which
-``hash:net`` finds before the networks around them (longest prefix first); where such an
-address lacks a bit its network has, it is a ``nomatch`` element.  ``linear`` writes one rule
-per match of each decision, in order (kept for comparison, as for nftables).
+address is looked up in ipsets, then a short chain decides by protocol and port.  iptables has
+no verdict maps, so the lookup is a tree over a *bucket* number: the buckets of a NIC chain and
+family are numbered 1..N, and ipset ``b<k>`` (``hash:net``) holds the addresses whose bucket
+has bit ``k``; a node chain tests two bits and goes on to the next (nf_tables refuses chains
+nested more than 16 deep).  Single addresses and group members (looked up exactly in
+nftables) are /32 (/128) elements, which ``hash:net`` finds before the networks around them
+(longest prefix first); where such an address lacks a bit its network has, it is a
+``nomatch`` element.  A bucket is one class of peers with a chain of its own, or up to
+``BUCKET_RULES`` rules of several small classes, each rule under ``-s``/``-d`` of one of its
+class's networks or addresses (which never overlap within a bucket: a cheap test, no set
+lookup).  Few chains matter: iptables-nft-restore takes time in the number of rules times the
+number of chains (10,000 rules made 16,000 chains with a chain per class: 31 s).  ``linear``
+writes one rule per match of each decision, in order (kept for comparison, as for nftables).
 
 Every deciding rule carries its decision's identity as a comment, counts, and gives the
 verdict: accept is ``RETURN`` (back to the dispatch chain, so forwarded packets are still
@@ -44,7 +47,8 @@ _BITS = {4: 32, 6: 128}
 SNAPLEN = 128  # bytes of each logged packet sent to the reader: the IP and L4 headers
 _LIMIT_UNITS = (("day", 86400), ("hour", 3600), ("min", 60), ("sec", 1))  # as libxt_limit
 _LIMIT_SCALE = 10000
-INLINE_CLASS = 0  # rules of a class written into its lookup node instead of a chain (off: see the README)
+BUCKET_RULES = 48  # rules of the small classes sharing one bucket chain
+GUARDS_MAX = 8  # networks and addresses of a class written into a shared bucket chain
 
 
 class RenderError(ValueError):
@@ -296,9 +300,11 @@ class _ChainRenderer:
 
     # -- sets -------------------------------------------------------------------------------
     def lookup(self, plan: Plan) -> list[str]:
-        """Look the peer up: the class number's bits in ipsets, then the class chain.  A
+        """Look the peer up: the bucket number's bits in ipsets, then the bucket chain.  A
         class is a row, or -- for a single address inside a range -- the row where it differs
-        from the range's, then the range's class (as nftables' overlay chains)."""
+        from the range's, then the range's class (as nftables' overlay chains).  A bucket is
+        one class with its own chain, or several small classes whose rules are written one
+        after the other, each under ``-s``/``-d`` of its own networks and addresses."""
         points = sorted(set(plan.singles()) | set(plan.points()))
         intervals = plan.intervals()
         index: dict[tuple, int] = {}
@@ -314,23 +320,69 @@ class _ChainRenderer:
             points_out.append((ntoa(a, self.family), n, ranges[i][2] if inside else 0))
         if not index:
             return [f"-g {self.tail()}"]
-        classes = {n: key for key, n in index.items()}
-        top = max(index.values())
-        nets = [cidrs(lo, hi, self.family) for lo, hi, _ in ranges]  # once for every bit
-        sets = [self._bit_set(1 << k, ranges, nets, points_out) for k in range(top.bit_length())]
-        return [f"-g {self._node(top.bit_length() - 1, 0, sets, classes, top)}"]
+        nets = [cidrs(lo, hi, self.family) for lo, hi, _ in ranges]  # once for every use
+        guards: dict[int, list[str]] = {}  # class -> its networks and addresses
+        for (_, _, n), ns in zip(ranges, nets):
+            guards.setdefault(n, []).extend(ns)
+        for addr, n, around in points_out:
+            if n and n != around:  # (a point of its range's class is in the range's nets)
+                guards.setdefault(n, []).append(addr)
+        bucket = self._buckets(index, guards)
+        ranges = [(lo, hi, bucket[n]) for lo, hi, n in ranges]
+        points_out = [(a, bucket.get(n, 0), bucket.get(o, 0)) for a, n, o in points_out]
+        top = max(bucket.values())
+        bits = top.bit_length()
+        sets = [self._bit_set(1 << k, ranges, nets, points_out) for k in range(bits)]
+        # an odd number of bits: the root tests one, every node below two
+        return [f"-g {self._node(bits - 1, 0, sets, self._leaves, top, one=bits % 2 == 1)}"]
 
-    def key_rules(self, key: tuple) -> list[str]:
-        row, base = key
-        if not base:
-            return self.class_rules(row)
-        return self.class_rules(overlay(row, base), self.class_chain(base))
+    def _buckets(self, index: dict[tuple, int], guards: dict[int, list[str]]) -> dict[int, int]:
+        """Number the buckets (1..M) and make their chains (``self._leaves``): class -> bucket.
+        Classes without a base first (an overlay class goes on to its base's bucket), each
+        kind in buckets of its own, so the networks of one bucket never overlap: a packet
+        matches the guards of its own class only, and what none of its rules decides goes on
+        (to the tail, or from an overlay class's last rules to its base's chain)."""
+        self._leaves: dict[int, str] = {}
+        out: dict[int, int] = {}
+        flag = "-s" if self.addr == "src" else "-d"
+        of_base: dict[Painted, str] = {}  # a base row -> the chain deciding its class
+        for overlays in (False, True):
+            pending: list[str] = []
+            members: list[int] = []
 
-    def key_chain(self, key: tuple) -> str:
-        row, base = key
-        if not base:
-            return self.class_chain(row)
-        return self.t.add_chain(self.family, self.key_rules(key), "k")
+            def close() -> None:
+                if members:
+                    b = len(self._leaves) + 1
+                    self._leaves[b] = self.t.add_chain(
+                        self.family, pending + [f"-g {self.tail()}"], "b")
+                    out.update((m, b) for m in members)
+                    if not overlays:
+                        of_base.update((keys[m][0], self._leaves[b]) for m in members)
+                    pending.clear()
+                    members.clear()
+            keys = {n: key for key, n in index.items() if bool(key[1]) == overlays}
+            for n in sorted(keys):
+                row, base = keys[n]
+                gs = [g if "/" in g else f"{g}/{_BITS[self.family]}" for g in guards.get(n, ())]
+                after = of_base[base] if overlays else self.tail()
+                body = self.class_rules(overlay(row, base) if overlays else row, after)
+                if not overlays:
+                    body = body[:-1]  # the bucket's last rule: -g tail
+                if len(gs) > GUARDS_MAX or len(gs) * len(body) > BUCKET_RULES // 2:
+                    chain = self.t.add_chain(self.family, self.class_rules(
+                        overlay(row, base) if overlays else row, after), "k")
+                    b = len(self._leaves) + 1
+                    self._leaves[b] = chain
+                    out[n] = b
+                    if not overlays:
+                        of_base[row] = chain
+                    continue
+                if len(pending) + len(gs) * len(body) > BUCKET_RULES:
+                    close()
+                pending += [f"{flag} {g} {r}" for g in gs for r in body]
+                members.append(n)
+            close()
+        return out
 
     @staticmethod
     def _number(index: dict[tuple, int], key: tuple) -> int:
@@ -339,7 +391,7 @@ class _ChainRenderer:
         return index.setdefault(key, len(index) + 1)
 
     def _bit_set(self, bit: int, ranges, nets, points) -> str:
-        """The addresses whose class has ``bit``: ranges as networks; single addresses as
+        """The addresses whose bucket has ``bit``: ranges as networks; single addresses as
         such, or as ``nomatch`` where they lack the bit the range around them has."""
         elements = [net for (_, _, n), ns in zip(ranges, nets) if n & bit for net in ns]
         for addr, n, around in points:
@@ -349,34 +401,25 @@ class _ChainRenderer:
                 elements.append(f"{addr} nomatch")
         return self.t.add_set(IpSet("hash:net", self.family, tuple(sorted(elements))))
 
-    def _node(self, k: int, value: int, sets: list[str], classes: dict[int, tuple],
-              top: int) -> str:
-        """The chain deciding bits k..0 of the class number, bits above being ``value``.
-        At the last bit, two small classes are written into the node itself (the rules of the
-        one with the bit each test it), so that most classes need no chain of their own:
-        iptables-nft-restore slows down with the square of the number of chains."""
+    def _node(self, k: int, value: int, sets: list[str], leaves: dict[int, str],
+              top: int, one: bool = False) -> str:
+        """The chain deciding bits k..0 of the bucket number, bits above being ``value``:
+        bit k alone (``one``), else bits k and k - 1."""
         if k < 0:
-            return self.key_chain(classes[value]) if value in classes else self.tail()
-        one, zero = value | 1 << k, value
-        if k == 0:
-            both = [self.key_rules(classes[v]) if v in classes else [f"-g {self.tail()}"]
-                    for v in (one, zero)]
-            if one <= top and all(len(r) <= INLINE_CLASS for r in both):
-                test = f"-m set --match-set {sets[0]} {self.addr}"
-                return self.t.add_chain(self.family, [_with(r, test) for r in both[0]]
-                                        + both[1], "n")
+            return leaves.get(value) or self.tail()
+        if one or k == 0:
             rules = []
-            if one <= top:
-                rules.append(f"-m set --match-set {sets[0]} {self.addr} "
-                             f"-g {self._node(-1, one, sets, classes, top)}")
-            rules.append(f"-g {self._node(-1, zero, sets, classes, top)}")
+            if value | 1 << k <= top:
+                rules.append(f"-m set --match-set {sets[k]} {self.addr} "
+                             f"-g {self._node(k - 1, value | 1 << k, sets, leaves, top)}")
+            rules.append(f"-g {self._node(k - 1, value, sets, leaves, top)}")
         else:
             # two bits per node: nf_tables refuses chains more than 16 jumps deep, so the
             # tree is kept shallow (at most 3 set lookups per 2 bits)
             hi, lo = f"-m set --match-set {sets[k]} {self.addr}", \
                 f"-m set --match-set {sets[k - 1]} {self.addr}"
             b = 1 << (k - 1)
-            rules = [f"{m} -g {self._node(k - 2, v, sets, classes, top)}".lstrip()
+            rules = [f"{m} -g {self._node(k - 2, v, sets, leaves, top)}".lstrip()
                      for v, m in ((value | 1 << k | b, f"{hi} {lo}"), (value | 1 << k, hi),
                                   (value | b, lo), (value, "")) if v <= top]
         if len(rules) == 1:

@@ -26,17 +26,33 @@ def _proto(tok: str) -> int:
     return int(tok) if tok.isdigit() else socket.getprotobyname(tok)
 
 
+_INDEX: dict[int, tuple] = {}  # id(elements) -> (elements, index): sets are immutable
+
+
+def _index(elements: tuple[str, ...]) -> dict[int, dict[int, bool]]:
+    """prefix length -> network address -> whether it is a nomatch element."""
+    hit = _INDEX.get(id(elements))
+    if hit is not None and hit[0] is elements:
+        return hit[1]
+    out: dict[int, dict[int, bool]] = {}
+    for e in elements:
+        net, _, flag = e.partition(" ")
+        n = ipaddress.ip_network(net)
+        out.setdefault(n.prefixlen, {})[int(n.network_address)] = flag == "nomatch"
+    _INDEX[id(elements)] = (elements, out)
+    return out
+
+
 def in_set(t: Tables, name: str, addr) -> bool:
     s = t.sets[name]
     if s.type == "hash:ip":
         return str(addr) in s.elements
-    best = None  # longest prefix first; a nomatch element answers no
-    for e in s.elements:
-        net, _, flag = e.partition(" ")
-        n = ipaddress.ip_network(net)
-        if addr in n and (best is None or n.prefixlen > best[0]):
-            best = (n.prefixlen, flag == "nomatch")
-    return best is not None and not best[1]
+    bits = addr.max_prefixlen  # longest prefix first; a nomatch element answers no
+    for plen, nets in sorted(_index(s.elements).items(), reverse=True):
+        key = int(addr) >> (bits - plen) << (bits - plen)
+        if key in nets:
+            return not nets[key]
+    return False
 
 
 def matches(t: Tables, tokens: list[str], p: Packet) -> tuple[bool, list[str]]:

@@ -7,6 +7,9 @@ real packets."""
 from __future__ import annotations
 
 import ipaddress
+import random
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,6 +20,7 @@ from sgagent.evaluator import Packet as EvPacket
 from sgagent.evaluator import evaluate
 from sgagent.ipt.names import comment_of, key_of
 from sgagent.flowlog.prefix import encode as log_prefix
+from sgagent.ipt import render as render_module
 from sgagent.ipt.render import RenderError, cidrs, logged, render
 from sgagent.ipt.rules import Saved, counters_in, normal_rule, parse_save, restore_script
 from sgagent.ir import CounterKey
@@ -24,6 +28,9 @@ from sgagent.load import load_file, parse_data
 
 from ..strategies import documents, probes
 from .sim import PROTO, Packet, run
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import docgen  # noqa: E402
 
 HOST = {4: "192.0.2.1", 6: "2001:db8:ffff::1"}
 
@@ -47,7 +54,7 @@ def _verdict(t, nic: str, direction: str, peer: str, proto: str, port, over=Fals
     return out
 
 
-@pytest.mark.parametrize("rendering", ["sets", "linear"])
+@pytest.mark.parametrize("rendering", ["sets", "linear", "sets, one rule a bucket"])
 @settings(max_examples=150, deadline=None, derandomize=True, database=None,
           suppress_health_check=list(HealthCheck))
 @given(data=st.data())
@@ -55,7 +62,10 @@ def test_rendering_agrees_with_oracle(rendering, data):
     raw = data.draw(documents())
     doc = parse_data(raw)
     rs = compile_document(doc)
-    t = render(rs, rendering)
+    with pytest.MonkeyPatch.context() as mp:
+        if rendering.endswith("bucket"):  # small documents: many buckets, a deep tree
+            mp.setattr(render_module, "BUCKET_RULES", 1)
+        t = render(rs, rendering.split(",")[0])
     logs = {k: log for c in rs.chains for k, log in logged(c)}
     for nic, direction, peer, proto, port in data.draw(probes(raw, 30)):
         v = evaluate(doc, EvPacket(nic, direction, ipaddress.ip_address(peer), proto,
@@ -228,5 +238,47 @@ def test_chains_nest_no_deeper_than_nf_tables_allows():
             targets = {m for r in chains[name] for m in re.findall(r"-[gj] (sgagent\S*)", r)}
             depth[name] = 1 + max((deepest(c) for c in targets), default=0)
         return depth[name]
-    assert len([n for n in chains if n.startswith("sgagent-k-")]) > 1000
+    assert len([n for n in chains if n.startswith(("sgagent-k-", "sgagent-b-"))]) > 100
     assert 1 + deepest("sgagent-INPUT") <= 16  # INPUT itself, then sgagent's
+
+
+def test_a_large_document_agrees_with_oracle():
+    """bench/docgen.py's mix at 1,000 rules: overlapping networks and addresses in many
+    buckets, classes with chains of their own, single addresses inside networks (overlay
+    classes going on to their network's bucket): probes at each peer's first, last and a
+    middle address, on the ports the rules name and others."""
+    raw = docgen.generate(1000, seed=3)
+    doc = parse_data(raw)
+    rs = compile_document(doc)
+    t = render(rs)
+    assert sum(n.startswith("sgagent-b-") for n in t.chains[4]) > 20
+    assert any(n.startswith("sgagent-k-") for n in t.chains[4])
+    r = random.Random(3)
+    peers, ports = {docgen.CLIENT, "10.0.0.1", "2001:db8::1"}, {docgen.SERVER_PORT, 80, 1}
+    for g in raw["security_groups"].values():
+        peers.update(g["members"])
+        for rule in g["rules"]:
+            src = rule.get("source")
+            for net in [src] if isinstance(src, str) else src if isinstance(src, list) else []:
+                n = ipaddress.ip_network(net, strict=False)
+                peers.update(str(a) for a in (n[0], n[-1], n[n.num_addresses // 2]))
+            lo, _, hi = str(rule.get("ports", "")).partition("/")
+            if lo.isdigit():
+                ports.update({int(lo), int(hi), int(hi) + 1})
+    peers, ports = sorted(peers), sorted(ports)
+    checked = 0
+    for peer in r.sample(peers, 600):
+        for proto in ("tcp", "udp", "icmp"):
+            port = r.choice(ports)
+            if proto == "icmp" and ":" in peer:
+                proto = "icmpv6"
+            v = evaluate(doc, EvPacket("eth0", "inbound", ipaddress.ip_address(peer), proto,
+                                       port if proto in ("tcp", "udp") else None,
+                                       {"icmp": 8, "icmpv6": 128}.get(proto)))
+            verdict, key = _verdict(t, "eth0", "inbound", peer, proto, port)
+            assert verdict == v.verdict, (peer, proto, port, v)
+            if v.reason != "allowance":
+                assert (key.group, key.rule, key.policy) == (v.group, v.rule, v.verdict), \
+                    (peer, proto, port, v, key)
+            checked += 1
+    assert checked == 1800
