@@ -207,6 +207,9 @@ class EtcdSource(Source):
         self.full_reads = 0
         self._host_value: bytes | None = None
         self._groups: dict[str, bytes] = {}
+        # per group key: its value, what it reads as and the errors reading it gave (a group's
+        # key is read again only when its value changed; the data is never changed after)
+        self._read: dict[str, tuple[bytes, Any, tuple[str, ...]]] = {}
         self._last_digest: str | None = None
         self._docs = DocumentCache()  # a members-only change is not parsed whole again
         self._last_kind: str | None = None
@@ -504,14 +507,28 @@ class EtcdSource(Source):
 
         def group(name: str) -> Any:
             if name not in groups and name in self._groups:
-                groups[name] = _parse_value(self._groups[name], ("security_groups", name),
-                                            errors)
+                groups[name] = self._group_data(name, errors)
             return groups.get(name, None) if name in self._groups else None
         needed = needed_groups(host, group)  # a missing group: validation names its path
+        for name in self._read.keys() - self._groups.keys():
+            del self._read[name]
         if errors:
             raise DocumentError(errors, self.description)
         members = members_by_group(self._contributions(host))
         return host_document(host, {n: groups[n] for n in needed}, members)
+
+    def _group_data(self, name: str, errors: list[str]) -> Any:
+        """What group ``name``'s key reads as (its errors added to ``errors``), read again only
+        when its value changed: an edit of one group reads one key, and the other groups are
+        the very same data as before, which the document cache takes as unchanged at once."""
+        raw = self._groups[name]
+        known = self._read.get(name)
+        if known is None or known[0] != raw:
+            found: list[str] = []
+            value = _parse_value(raw, ("security_groups", name), found)
+            known = self._read[name] = (raw, value, tuple(found))
+        errors.extend(known[2])
+        return known[1]
 
     def _contributions(self, own: dict[str, Any]) -> list[dict[str, Any]]:
         """What every host's NICs give the groups (:func:`contributions`), each host's
