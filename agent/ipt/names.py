@@ -83,9 +83,18 @@ def key_of(comment: str) -> CounterKey | None:
 
 
 def interface_problem(nic: str) -> str | None:
-    """Why iptables cannot match interface ``nic`` exactly (a trailing '+' is its wildcard)."""
-    if nic.endswith("+"):
-        return "a trailing '+' is a wildcard to iptables"
-    if nic.startswith("!"):
-        return "a leading '!' negates the match to iptables"
+    """Why iptables cannot match interface ``nic`` exactly (None: it can).  iptables-restore
+    reads '"' as a quote (``-i a"b`` would match ``ab``); a name with a trailing '+' (a
+    wildcard to iptables) is matched through an ipset, which cannot hold one with a ','.  A
+    leading '!' is literal to iptables 1.8 (negation is a '!' before the option)."""
+    if '"' in nic:
+        return "iptables-restore reads '\"' as a quote"
+    if iface_by_set(nic) and "," in nic:
+        return "a trailing '+' is a wildcard to iptables, and ipset cannot hold a name with ','"
     return None
+
+
+def iface_by_set(nic: str) -> bool:
+    """Whether ``nic`` is matched through an ipset of type ``hash:net,iface`` (exact names)
+    rather than ``-i``/``-o``, which read a trailing '+' as a wildcard."""
+    return nic.endswith("+")

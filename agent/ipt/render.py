@@ -34,8 +34,8 @@ from ..flowlog.prefix import encode as log_prefix
 from ..ir import Chain, CounterKey, Decision, GroupSet, LogSpec, Match, Ruleset
 from ..partition import Painted, overlay
 from ..peerclass import ICMP, TCP, UDP, Plan, other_protocols, plan_chain
-from .names import (ROOTS, comment_of, content_chain, content_set, interface_problem, nic_chain,
-                    suppressed_comment)
+from .names import (ROOTS, comment_of, content_chain, content_set, iface_by_set,
+                    interface_problem, nic_chain, suppressed_comment)
 
 RENDERINGS = ("sets", "linear")
 FAMILIES = (4, 6)
@@ -157,9 +157,21 @@ def render(rs: Ruleset, rendering: str = "sets") -> Tables:
         for hook, dirs in (("INPUT", ["inbound"]), ("FORWARD", ["inbound", "outbound"]),
                            ("OUTPUT", ["outbound"])):
             t.chains[family][ROOTS[hook]] = tuple(
-                f"{_IFACE[c.direction]} {c.nic} -j {nic_chain(c.nic, c.direction)}"
+                f"{_interface(t, c.nic, c.direction, family)} -j {nic_chain(c.nic, c.direction)}"
                 for d in dirs for c in rs.chains if c.direction == d)
     return t
+
+
+def _interface(t: Tables, nic: str, direction: str, family: int) -> str:
+    """The match of the packet's interface: ``-i``/``-o``, or for a name iptables would read
+    as a pattern (a trailing '+') an ipset holding the name, which ipset compares whole
+    (its second dimension: the incoming interface for ``src``, the outgoing for ``dst``)."""
+    if not iface_by_set(nic):
+        return f"{_IFACE[direction]} {nic}"
+    s = t.add_set(IpSet("hash:net,iface", family,
+                        (f"{'0.0.0.0/0' if family == 4 else '::/0'},{nic}",)))
+    d = _ADDR[direction]
+    return f"-m set --match-set {s} {d},{d}"
 
 
 def logged(chain: Chain) -> list[tuple[CounterKey, LogSpec]]:

@@ -45,6 +45,8 @@ def _index(elements: tuple[str, ...]) -> dict[int, dict[int, bool]]:
 
 def in_set(t: Tables, name: str, addr) -> bool:
     s = t.sets[name]
+    if s.type == "hash:net,iface":  # addr: the interface; every element is a whole family
+        return any(e.split(",", 1)[1] == addr for e in s.elements)
     if s.type == "hash:ip":
         return str(addr) in s.elements
     bits = addr.max_prefixlen  # longest prefix first; a nomatch element answers no
@@ -71,7 +73,8 @@ def matches(t: Tables, tokens: list[str], p: Packet) -> tuple[bool, list[str]]:
                 return False, []
             if arg == "set":
                 name, where = tokens[i + 3], tokens[i + 4]
-                if not in_set(t, name, p.src if where == "src" else p.dst):
+                what = {"src": p.src, "dst": p.dst, "src,src": p.iif, "dst,dst": p.oif}[where]
+                if not in_set(t, name, what):
                     return False, []
                 i += 5
                 continue

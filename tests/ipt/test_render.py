@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from sgagent.compiler import compile_document
 from sgagent.evaluator import Packet as EvPacket
 from sgagent.evaluator import evaluate
-from sgagent.ipt.names import comment_of, key_of
+from sgagent.ipt.names import ROOTS, comment_of, key_of
 from sgagent.flowlog.prefix import encode as log_prefix
 from sgagent.ipt import render as render_module
 from sgagent.ipt.render import RenderError, cidrs, logged, render
@@ -104,13 +104,44 @@ def test_same_ruleset_renders_the_same():
     assert render(rs).text() == render(rs).text()
 
 
-def test_interface_iptables_reads_as_a_pattern_is_refused():
-    raw = {"version": 1, "host": {"instance": "i", "account": "1", "network": "vpc",
-                                  "nics": [{"name": "eth+", "role": "vpc",
-                                            "security_groups": ["sg"]}]},
-           "security_groups": {"sg": {"rules": []}}}
-    with pytest.raises(RenderError, match=r"eth\+.*wildcard"):
-        render(compile_document(parse_data(raw)))
+def _one_nic(name: str) -> dict:
+    return {"version": 1, "host": {"instance": "i", "account": "1", "network": "vpc",
+                                   "nics": [{"name": name, "role": "vpc",
+                                             "security_groups": ["sg"]}]},
+            "security_groups": {"sg": {"rules": [
+                {"id": "ssh", "direction": "inbound", "protocol": "tcp", "ports": 22,
+                 "source": "192.0.2.0/24"},
+                {"id": "out", "direction": "outbound", "policy": "drop", "protocol": "udp",
+                 "ports": 9, "destination": "0.0.0.0/0"}]}}}
+
+
+def test_interface_names_iptables_reads_otherwise_are_matched_exactly_or_refused():
+    # ipset splits its elements at ',' (a '"', a quote to iptables-restore, the document
+    # refuses already)
+    with pytest.raises(RenderError, match=r"e,th\+.*ipset cannot hold"):
+        render(compile_document(parse_data(_one_nic("e,th+"))))
+    # a trailing '+' is a wildcard to -i/-o: the name goes into a hash:net,iface set
+    for name in ("eth+", "+", "!x+"):
+        t = render(compile_document(parse_data(_one_nic(name))))
+        sets = {n: s for n, s in t.sets.items() if s.type == "hash:net,iface"}
+        assert sorted(e for s in sets.values() for e in s.elements) == \
+            [f"0.0.0.0/0,{name}", f"::/0,{name}"]
+        dispatch = [r for f in (4, 6) for h in ROOTS.values() for r in t.chains[f][h]]
+        assert dispatch and all("--match-set" in r and " -i " not in f" {r}" and
+                                " -o " not in f" {r}" for r in dispatch)
+        for p, sim_hook in ((Packet(name, None, "192.0.2.5", HOST[4], 6, 22), "INPUT"),
+                            (Packet(name[:-1] or "x", None, "192.0.2.5", HOST[4], 6, 22),
+                             "INPUT"),
+                            (Packet(None, name, HOST[4], "198.51.100.1", 17, 9), "OUTPUT"),
+                            (Packet(None, name + "x", HOST[4], "198.51.100.1", 17, 9),
+                             "OUTPUT")):
+            verdict, key = run(t, sim_hook, p)[0]
+            mine = name in (p.iif, p.oif)
+            assert (verdict, key is not None) == (("accept", True) if p.iif == name else
+                                                  ("drop", True) if mine else ("accept", False))
+    # a leading '!' is literal to iptables 1.8 (negation is '! -i')
+    t = render(compile_document(parse_data(_one_nic("!x0"))))
+    assert "-i !x0 -j sgagent-in-x" in " ".join(t.chains[4][ROOTS["INPUT"]])
 
 
 def test_flow_logs_are_rendered():
