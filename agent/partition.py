@@ -13,6 +13,7 @@ with the product of all of them.  :func:`paint` paints one plane.  Pure and back
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from dataclasses import dataclass
 from functools import lru_cache
@@ -64,6 +65,53 @@ def sweep(entries: list[Entry]) -> list[tuple[int, int, Painted]]:
         else:
             segments.append((p, end, painted))
     return segments
+
+
+def resweep(segments: list[tuple[int, int, Painted]], entries: list[Entry],
+            spans: list[Range]) -> list[tuple[int, int, Painted]]:
+    """:func:`sweep` of ``entries``, given ``segments``, the sweep of entries that differ from
+    them only on addresses in ``spans`` (sorted, disjoint): the old segments are kept outside
+    the spans, only the entries meeting a span are swept, within it, and neighbours with the
+    same painting are merged across the cuts.  Exactly what ``sweep(entries)`` gives (outside
+    the spans the same entries cover each address), at the cost of the changed addresses."""
+    pieces: list[tuple[int, int, Painted]] = []
+    for lo, hi in spans:
+        clipped = []
+        for e in entries:
+            addrs = tuple((max(a, lo), min(b, hi)) for a, b in e.addrs if a <= hi and lo <= b)
+            if addrs:
+                clipped.append(Entry(e.owner, addrs, e.rects))
+        pieces += sweep(clipped)
+    ends = [hi for _, hi in spans]
+    for lo, hi, row in segments:
+        j = bisect.bisect_left(ends, lo)  # the first span ending at or after lo
+        a = lo
+        while j < len(spans) and spans[j][0] <= hi:
+            if a < spans[j][0]:
+                pieces.append((a, spans[j][0] - 1, row))
+            a = spans[j][1] + 1
+            j += 1
+        if a <= hi:
+            pieces.append((a, hi, row))
+    pieces.sort(key=lambda p: p[0])
+    out: list[tuple[int, int, Painted]] = []
+    for lo, hi, row in pieces:
+        if out and out[-1][2] == row and out[-1][1] + 1 == lo:
+            out[-1] = (out[-1][0], hi, row)
+        else:
+            out.append((lo, hi, row))
+    return out
+
+
+def merge_spans(spans) -> list[Range]:
+    """Address ranges as sorted, disjoint ones (overlapping or adjacent ones joined)."""
+    out: list[list[int]] = []
+    for lo, hi in sorted(spans):
+        if out and lo <= out[-1][1] + 1:
+            out[-1][1] = max(out[-1][1], hi)
+        else:
+            out.append([lo, hi])
+    return [(lo, hi) for lo, hi in out]
 
 
 def paint(items: list[tuple[int, tuple[Rect, ...]]]) -> Painted:

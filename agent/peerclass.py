@@ -21,7 +21,7 @@ import bisect
 from dataclasses import dataclass, field
 
 from .ir import Chain, GroupSet, Match
-from .partition import Entry, Painted, Rect, paint, sweep
+from .partition import Entry, Painted, Rect, merge_spans, paint, resweep, sweep
 
 TCP, UDP = 6, 17
 ICMP = {4: 1, 6: 58}
@@ -40,6 +40,10 @@ class Plan:
     segments: list[Piece]                                   # sorted, disjoint, rows non-empty
     group_items: dict[str, tuple[tuple[int, tuple[Rect, ...]], ...]]  # group -> (owner, rects)
     members: dict[str, frozenset[int]]                      # group -> member addresses
+    entries: list[Entry] = field(default_factory=list, repr=False)  # what segments sweep
+    rendered: dict = field(default_factory=dict, repr=False, compare=False)
+    #        a renderer's record of what it made of this plan's rows, which the renderer of
+    #        the chain's next plan may take where the rows' decisions did not change
     _starts: list[int] = field(default_factory=list, repr=False)
     _rows: dict[tuple, Painted] = field(default_factory=dict, repr=False)
     _intervals: list[Piece] | None = field(default=None, repr=False)
@@ -181,16 +185,27 @@ class Plan:
 
     def with_members(self, members: dict[str, frozenset[int]]) -> "Plan":
         """The same plan with other members (rules unchanged); the row cache is shared."""
-        return Plan(self.family, self.segments, self.group_items, members, self._starts,
-                    self._rows, self._intervals, self._wide, self._interval_starts)
+        return Plan(self.family, self.segments, self.group_items, members, self.entries,
+                    self.rendered, self._starts, self._rows, self._intervals, self._wide,
+                    self._interval_starts)
 
 
-def plan_chain(chain: Chain, groups: dict[str, GroupSet],
-               audits: bool = False) -> dict[int, Plan]:
+def plan_chain(chain: Chain, groups: dict[str, GroupSet], audits: bool = False,
+               prior: dict[int, Plan] | None = None,
+               stale: frozenset[int] = frozenset()) -> dict[int, Plan]:
     """The chain's plan per family: of its enforced decisions, or with ``audits`` of all of
-    them (an audit stage's plan, where audit decisions are painted in their place)."""
+    them (an audit stage's plan, where audit decisions are painted in their place).
+
+    With ``prior``, the plans of this chain before an edit that changed only the decisions
+    numbered in ``stale`` (the same number of decisions, every other one equal): their
+    entries are taken as they are and the address axis is swept again only where a stale
+    decision's peers lie, before or after (:func:`sgagent.partition.resweep`).  The result is
+    exactly that of planning afresh."""
     out = {}
     for family in (4, 6):
+        old = prior.get(family) if prior is not None else None
+        if old is not None and not old.entries and old.segments:
+            old = None  # made without its entries: planned afresh
         entries: list[Entry] = []
         group_items: dict[str, list[tuple[int, tuple[Rect, ...]]]] = {}
         for owner, decision in enumerate(chain.decisions):
@@ -199,6 +214,8 @@ def plan_chain(chain: Chain, groups: dict[str, GroupSet],
             for m in decision.matches:
                 if m.family != family:
                     continue
+                if m.group is None and old is not None and owner not in stale:
+                    continue  # its entries are the prior plan's
                 rects = rects_of(m)
                 if not rects:
                     continue
@@ -213,8 +230,22 @@ def plan_chain(chain: Chain, groups: dict[str, GroupSet],
             gs = groups.get(g)
             addrs = (gs.v4 if family == 4 else gs.v6) if gs else ()
             members[g] = frozenset(int(a) for a in addrs)
-        out[family] = Plan(family, sweep(entries),
-                           {g: tuple(items) for g, items in group_items.items()}, members)
+        items = {g: tuple(i) for g, i in group_items.items()}
+        if old is None:
+            out[family] = Plan(family, sweep(entries), items, members, entries)
+            continue
+        spans = merge_spans([r for e in (*entries, *(e for e in old.entries if e.owner in stale))
+                             for r in e.addrs])
+        if entries or spans:
+            kept = [e for e in old.entries if e.owner not in stale]
+            entries = sorted(kept + entries, key=lambda e: e.owner)  # stable: matches' order
+        else:
+            entries = old.entries
+        segments = resweep(old.segments, entries, spans) if spans else old.segments
+        plan = Plan(family, segments, items, members, entries)
+        if items == old.group_items and len(old._rows) <= 2 * len(segments) + 256:
+            plan._rows = old._rows  # a function of the rows and the items (bounded: no leak)
+        out[family] = plan
     return out
 
 

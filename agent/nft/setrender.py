@@ -57,7 +57,11 @@ class ChainRenderer:
     render the rows of changed members into a copy of the applied objects."""
 
     def __init__(self, chain: Chain, objs: Objects,
-                 groups: dict[str, GroupSet] | None = None) -> None:
+                 groups: dict[str, GroupSet] | None = None, prior: dict | None = None,
+                 stale: frozenset[int] = frozenset()) -> None:
+        """``prior``: what the renderer of this chain's previous plans made (their
+        ``rendered``), of which the class chains of rows holding no decision numbered in
+        ``stale`` are taken instead of being made again."""
         self.chain = chain
         self.objs = objs
         self.groups = groups or {}
@@ -67,6 +71,9 @@ class ChainRenderer:
         self.created_chains: list[str] = []  # what this renderer added to objs
         self.created_sets: list[str] = []
         self._names: dict[tuple, str] = {}
+        self.prior = prior or {}
+        self.stale = stale
+        self.made: dict[tuple, tuple] = {}  # class chains made: key -> (name, rules, extras)
 
     staged = True  # audit decisions are rendered in stages the NIC chain jumps to
 
@@ -145,22 +152,50 @@ class ChainRenderer:
         if name is not None:
             return name
         after = self.tail_chain
-        boxes: tuple = row
         if base:
-            boxes = overlay(row, base)
             after = self.class_chain(family, base)
-            if not boxes:
-                self._names[key] = after
-                return after
-        rules = self._row_rules(family, boxes) + [Rule(f"goto {after}", targets=(after,))]
-        name = "k_" + _digest(family, self.base, *(r.text for r in rules))
+        hit = self.prior.get(key)
+        if hit is not None and not self.stale.isdisjoint(b[4] for b in row + base):
+            hit = None
+        if hit is not None:
+            name, rules, extras = hit
+            for kind, n, value in extras:  # what making its rules made: maps, counting chains
+                place = self.objs.sets if kind == "set" else self.objs.chains
+                if n not in place:
+                    place[n] = value
+                    (self.created_sets if kind == "set" else self.created_chains).append(n)
+        else:
+            boxes: tuple = row
+            if base:
+                boxes = overlay(row, base)
+            if base and not boxes:
+                name, rules, extras = after, (), ()
+            else:
+                rules = tuple(self._row_rules(family, boxes)) + \
+                    (Rule(f"goto {after}", targets=(after,)),)
+                name = "k_" + _digest(family, self.base, *(r.text for r in rules))
+                extras = self._extras(rules)
+        self.made[key] = (name, rules, extras)
+        self._names[key] = name
+        if name == after:
+            return after
         if name not in self.objs.chains:
-            self.objs.chains[name] = (None, tuple(rules))
+            self.objs.chains[name] = (None, rules)
             self.created_chains.append(name)
             if base:
                 self.objs.ref(after)
-        self._names[key] = name
         return name
+
+    def _extras(self, rules) -> tuple:
+        """The verdict maps of a class chain's rules and the counting chains they go to."""
+        out = []
+        for r in rules:
+            for s in r.sets:
+                m = self.objs.sets[s]
+                out.append(("set", s, m))
+                out += [("chain", t, self.objs.chains[t]) for t in sorted(m.targets())
+                        if t != self.tail_chain]
+        return tuple(out)
 
     def _row_rules(self, family: int, row) -> list[Rule]:
         icmp = ICMP[family]
@@ -370,11 +405,33 @@ def exact_setdef(family: int, elements: dict[str, str]) -> SetDef:
     return SetDef(_ADDR_TYPE[family], frozenset(elements), tuple(elements.items()))
 
 
-def chain_body(chain: Chain, objs: Objects, groups: dict[str, GroupSet]) -> list[Rule]:
-    plans = plan_chain(chain, groups)
-    r = ChainRenderer(chain, objs, groups)
+def chain_body(chain: Chain, objs: Objects, groups: dict[str, GroupSet],
+               prior: dict[int, Plan] | None = None,
+               stale: frozenset[int] = frozenset()) -> list[Rule]:
+    """The NIC chain's rules, its maps and class chains into ``objs``.  With ``prior``, the
+    plans this chain was rendered from before an edit that changed only the decisions
+    numbered in ``stale``: planned and rendered again only where those decisions reach
+    (:func:`sgagent.peerclass.plan_chain`, :class:`ChainRenderer`'s ``prior``), with exactly
+    the result of rendering afresh."""
+    plans = plan_chain(chain, groups, prior=prior, stale=stale)
+    memo = next((p.rendered for p in prior.values()), None) if prior else None
+    r = ChainRenderer(chain, objs, groups, memo, stale)
     objs.plans[r.base] = plans
-    return r.body(plans)
+    rules = r.body(plans)
+    for plan in plans.values():
+        plan.rendered = r.made
+    return rules
+
+
+def edited(old: Chain, new: Chain) -> frozenset[int] | None:
+    """The decisions (by number) that differ between two versions of a chain, if only some
+    decisions changed and neither version has audit decisions (audit stages are rendered
+    whole); None otherwise."""
+    if len(old.decisions) != len(new.decisions) or any(
+            d.audit for c in (old, new) for d in c.decisions):
+        return None
+    return frozenset(i for i, (a, b) in enumerate(zip(old.decisions, new.decisions))
+                     if a is not b and a != b)
 
 
 def decider(decision: Decision, objs: Objects, created: list[str] | None = None) -> str:
@@ -601,7 +658,13 @@ def chain_update(old: Objects, old_rs: Ruleset, rs: Ruleset) -> Objects | None:
     for base in dirty:
         chain = new_chains[base]
         part = Objects()
-        rules = preamble(chain.direction) + chain_body(chain, part, groups) + tail(chain)
+        prior, stale = old.plans.get(base), None
+        if prior is not None and base in old_chains:
+            stale = edited(old_chains[base], chain)
+        if stale is None:
+            prior = None
+        rules = preamble(chain.direction) + \
+            chain_body(chain, part, groups, prior, stale or frozenset()) + tail(chain)
         part.chains[base] = (None, tuple(rules))
         add_log_objects(chain, part)
         if any(n in new.chains for n in part.chains) or any(n in new.sets for n in part.sets):
