@@ -1,7 +1,7 @@
 """The daemon with ``backend: iptables``: a real daemon process over a sandbox host, real
-packets; drift (the jump out of INPUT deleted, a chain emptied by hand) is noticed by the
-polling watch and repaired; SIGTERM leaves the rules in force; the boot restore loads the
-last known good document with the same backend."""
+packets; drift (the jump out of INPUT deleted, a chain emptied by hand, sets emptied by hand
+with ``ipset flush``) is noticed by the polling watch and repaired; SIGTERM leaves the rules
+in force; the boot restore loads the last known good document with the same backend."""
 
 from __future__ import annotations
 
@@ -69,6 +69,16 @@ def test_daemon_applies_repairs_and_restores_with_iptables(sandbox, daemons, tmp
     assert "-A INPUT -j sgagent-INPUT" in saved(sandbox.host_ns)
     run_in(sandbox.host_ns, "iptables-nft", "-F", "sgagent-in-eth0")
     d.wait_log(r"drift repaired \(2 repairs since start\)", timeout=15)
+    assert probe(sandbox, 8080, 9090) == [Outcome.DROPPED, Outcome.OPEN]
+    # set elements changed by hand: the watch reads them too (the periodic check is 60 s off)
+    emptied = [n for n in run_in(sandbox.host_ns, "ipset", "list", "-n").split()
+               if n.startswith("sgagent-s-") and run_in(sandbox.host_ns, "ipset", "save", n)
+               .count("\nadd ")]
+    assert emptied
+    for name in emptied:
+        run_in(sandbox.host_ns, "ipset", "flush", name)
+    d.wait_log(r"drift repaired \(3 repairs since start\)", timeout=15)
+    assert all(run_in(sandbox.host_ns, "ipset", "save", n).count("\nadd ") for n in emptied)
     assert probe(sandbox, 8080, 9090) == [Outcome.DROPPED, Outcome.OPEN]
 
     assert d.stop() == 0  # SIGTERM: the rules stay
