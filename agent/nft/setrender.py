@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import operator
 import socket
 
 from ..backend.objects import Changed, verdict_chain
@@ -45,6 +46,7 @@ from .render import (VERB, add_log_objects, base_chains, log_objects, member_set
                      tail, verdict_rules)
 
 _IP = {4: "ip", 6: "ip6"}
+_OWNER = operator.itemgetter(4)  # a painted box's owner
 _ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
 # Pieces of a row per protocol kind written as rules (one comparison each); more go into a
 # verdict map.  No anonymous sets: the kernel names and finds sets by walking a list, so
@@ -73,7 +75,9 @@ class ChainRenderer:
         self._names: dict[tuple, str] = {}
         self.prior = prior or {}
         self.stale = stale
-        self.made: dict[tuple, tuple] = {}  # class chains made: key -> (name, rules, extras)
+        self.made: dict[tuple, tuple] = {}
+        #        class chains made: (family, id(row), id(base)) -> (row, base, name, rules,
+        #        what making the rules made besides)
 
     staged = True  # audit decisions are rendered in stages the NIC chain jumps to
 
@@ -147,18 +151,24 @@ class ChainRenderer:
         """The chain deciding ``row``; with ``base``, only where the row differs from it, then
         the chain of ``base``.  Created in ``objs`` if new (references are the caller's to
         count, except the one to ``base``)."""
-        key = (family, row, base)
-        name = self._names.get(key)
-        if name is not None:
-            return name
+        # Keyed by the rows' identities (equal rows are mostly the very same objects: a plan
+        # shares them, and a re-plan keeps them); the entry holds the rows, so no other
+        # object takes their ids while it is kept.  An equal row that is another object
+        # only makes the same chain once more, found in ``objs`` by its name.
+        key = (family, id(row), id(base))
+        made = self.made.get(key)
+        if made is not None:
+            return made[2]
         after = self.tail_chain
         if base:
             after = self.class_chain(family, base)
         hit = self.prior.get(key)
-        if hit is not None and not self.stale.isdisjoint(b[4] for b in row + base):
+        if hit is not None and (hit[0] is not row or hit[1] is not base or self.stale and not (
+                self.stale.isdisjoint(map(_OWNER, row))
+                and self.stale.isdisjoint(map(_OWNER, base)))):
             hit = None
         if hit is not None:
-            name, rules, extras = hit
+            name, rules, extras = hit[2:]
             for kind, n, value in extras:  # what making its rules made: maps, counting chains
                 place = self.objs.sets if kind == "set" else self.objs.chains
                 if n not in place:
@@ -175,8 +185,7 @@ class ChainRenderer:
                     (Rule(f"goto {after}", targets=(after,)),)
                 name = "k_" + _digest(family, self.base, *(r.text for r in rules))
                 extras = self._extras(rules)
-        self.made[key] = (name, rules, extras)
-        self._names[key] = name
+        self.made[key] = (row, base, name, rules, extras)
         if name == after:
             return after
         if name not in self.objs.chains:
