@@ -340,11 +340,14 @@ class _ChainRenderer:
             if n and n != around:  # (a point of its range's class is in the range's nets)
                 guards.setdefault(n, []).append(addr)
         bucket = self._buckets(index, guards)
-        ranges = [(lo, hi, bucket[n]) for lo, hi, n in ranges]
-        points_out = [(a, bucket.get(n, 0), bucket.get(o, 0)) for a, n, o in points_out]
+        # the peers' own networks, each with the bucket of what it alone covers
+        tree = self._prefixes(plan, set(points))
+        own = [bucket.get(index.get((row, ()), 0), 0) if row is not None else None
+               for _, _, _, row, _ in tree]
         top = max(bucket.values())
         bits = top.bit_length()
-        sets = [self._bit_set(1 << k, ranges, nets, points_out) for k in range(bits)]
+        point_class = {a: n for a, (_, n, _) in zip(points, points_out)}
+        sets = [self._bit_set(k, tree, own, point_class, bucket) for k in range(bits)]
         # an odd number of bits: the root tests one, every node below two
         return [f"-g {self._node(bits - 1, 0, sets, self._leaves, top, one=bits % 2 == 1)}"]
 
@@ -377,12 +380,10 @@ class _ChainRenderer:
                 row, base = keys[n]
                 gs = [g if "/" in g else f"{g}/{_BITS[self.family]}" for g in guards.get(n, ())]
                 after = of_base[base] if overlays else self.tail()
-                body = self.class_rules(overlay(row, base) if overlays else row, after)
-                if not overlays:
-                    body = body[:-1]  # the bucket's last rule: -g tail
+                rules = self.class_rules(overlay(row, base) if overlays else row, after)
+                body = rules if overlays else rules[:-1]  # the bucket's last rule: -g tail
                 if len(gs) > GUARDS_MAX or len(gs) * len(body) > BUCKET_RULES // 2:
-                    chain = self.t.add_chain(self.family, self.class_rules(
-                        overlay(row, base) if overlays else row, after), "k")
+                    chain = self.t.add_chain(self.family, rules, "k")
                     b = len(self._leaves) + 1
                     self._leaves[b] = chain
                     out[n] = b
@@ -402,15 +403,72 @@ class _ChainRenderer:
             return 0
         return index.setdefault(key, len(index) + 1)
 
-    def _bit_set(self, bit: int, ranges, nets, points) -> str:
-        """The addresses whose bucket has ``bit``: ranges as networks; single addresses as
-        such, or as ``nomatch`` where they lack the bit the range around them has."""
-        elements = [net for (_, _, n), ns in zip(ranges, nets) if n & bit for net in ns]
-        for addr, n, around in points:
-            if n & bit:
-                elements.append(addr)
-            elif around & bit:
-                elements.append(f"{addr} nomatch")
+    def _prefixes(self, plan: Plan, points: set[int]) -> list[tuple]:
+        """The networks the chain's rules name (a /0 as its two halves), parents before
+        children: (lo, hi, text, row of the addresses it covers and
+        none inside it does -- None if there are none but points --, index of its parent or
+        -1).  All those addresses have one row: the same networks of the rules cover them."""
+        nets: set[tuple[int, int]] = set()
+        for d in self.chain.decisions:
+            if d.audit:
+                continue
+            for m in d.matches:
+                if m.family != self.family or m.group is not None:
+                    continue
+                for n in m.nets:
+                    for sub in (n.subnets(1) if n.prefixlen == 0 else (n,)):
+                        nets.add((int(sub.network_address), sub.prefixlen))
+        width = _BITS[self.family]
+        order = sorted(nets)  # by start, then the wider first: parents before children
+        out: list[tuple] = []
+        children: list[list[int]] = []
+        stack: list[int] = []
+        for lo, plen in order:
+            hi = lo + (1 << (width - plen)) - 1
+            while stack and out[stack[-1]][1] < lo:
+                stack.pop()
+            parent = stack[-1] if stack else -1
+            if parent >= 0:
+                children[parent].append(len(out))
+            out.append((lo, hi, f"{ntoa(lo, self.family)}/{plen}", None, parent))
+            children.append([])
+            stack.append(len(out) - 1)
+        for i, (lo, hi, text, _, parent) in enumerate(out):
+            a = lo  # an address of its own that is no point
+            for c in children[i] + [None]:
+                end = out[c][0] - 1 if c is not None else hi
+                while a <= end and a in points:
+                    a += 1
+                if a <= end:
+                    out[i] = (lo, hi, text, plan.interval_row(a), parent)
+                    break
+                if c is not None:
+                    a = max(a, out[c][1] + 1)
+        return out
+
+    def _bit_set(self, k: int, tree: list[tuple], own: list, points: dict[int, int],
+                 bucket: dict[int, int]) -> str:
+        """The addresses whose bucket has bit ``k``: a network where its bit differs from
+        what the network around it answers (as such, or ``nomatch``), and so each single
+        address (``hash:net`` answers with the longest prefix holding the address)."""
+        elements = []
+        answer: list[int] = []  # per network: what the set answers inside it
+        for (lo, hi, text, _, parent), b in zip(tree, own):
+            around = answer[parent] if parent >= 0 else 0
+            mine = around if b is None else b >> k & 1
+            if mine != around:
+                elements.append(text if mine else f"{text} nomatch")
+            answer.append(mine)
+        starts = [lo for lo, _, _, _, _ in tree]
+        for a, n in points.items():
+            i = bisect.bisect_right(starts, a) - 1
+            while i >= 0 and tree[i][1] < a:  # the innermost network holding it
+                i = tree[i][4]
+            around = answer[i] if i >= 0 else 0
+            mine = bucket.get(n, 0) >> k & 1
+            if mine != around:
+                addr = ntoa(a, self.family)
+                elements.append(addr if mine else f"{addr} nomatch")
         return self.t.add_set(IpSet("hash:net", self.family, tuple(sorted(elements))))
 
     def _node(self, k: int, value: int, sets: list[str], leaves: dict[int, str],

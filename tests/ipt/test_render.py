@@ -313,3 +313,27 @@ def test_a_large_document_agrees_with_oracle():
                     (peer, proto, port, v, key)
             checked += 1
     assert checked == 1800
+
+
+def test_neighbouring_addresses_and_networks_agree_with_oracle():
+    """Peers the sweep joins into one piece (neighbouring /32s: no single-address piece) or
+    cuts into many (a /24 with addresses and a /26 inside, next to a /25), looked up at every
+    address around them."""
+    sources = [["10.1.0.21/32", "10.1.0.22/32"], ["10.2.0.0/24"], ["10.2.0.5/32", "10.2.0.64/26"],
+               ["10.2.1.0/25", "10.2.0.255/32"], ["0.0.0.0/0"]]
+    rules = [{"id": f"r{i}", "direction": "inbound", "protocol": "tcp", "ports": 7000 + i,
+              "source": src, "priority": 10 + i} for i, src in enumerate(sources)]
+    raw = {"version": 1, "host": {"instance": "i", "account": "1",
+                                  "nics": [{"name": "eth0", "security_groups": ["sg"]}]},
+           "security_groups": {"sg": {"rules": rules}}}
+    doc = parse_data(raw)
+    t = render(compile_document(doc))
+    peers = [f"10.1.0.{i}" for i in (20, 21, 22, 23)] + \
+        [f"10.2.0.{i}" for i in (0, 4, 5, 6, 63, 64, 127, 128, 254, 255)] + \
+        ["10.2.1.0", "10.2.1.127", "10.2.1.128", "192.0.2.1"]
+    for peer in peers:
+        for port in range(7000, 7000 + len(sources)):
+            v = evaluate(doc, EvPacket("eth0", "inbound", ipaddress.ip_address(peer), "tcp",
+                                       port, None))
+            verdict, key = _verdict(t, "eth0", "inbound", peer, "tcp", port)
+            assert (verdict, key.rule) == (v.verdict, v.rule), (peer, port, v)
