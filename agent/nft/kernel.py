@@ -16,9 +16,9 @@ from ..backend.kernel import CounterReading, Executed, Refused
 from ..backend.transaction import DeleteTable, LiveObjects, Transaction
 from .batch import NetlinkBatchWriter, encode_batch
 from .libnft import Nft, NftError
-from .logcounters import SuppressedReader, suppressed_counter_name
-from .names import FAMILY, TABLE, counter_name, parse_comment
-from .netlink import NetlinkCounterReader, NetlinkError, new_socket
+from .logcounters import SuppressedReader
+from .names import parse_comment
+from .netlink import NetlinkCounterReader, NetlinkError, TableNames, new_socket
 from .objects import REF
 from .script import script
 
@@ -32,6 +32,7 @@ class NftKernel:
         self._reader: NetlinkCounterReader | None = None
         self._suppressed: SuppressedReader | None = None
         self._writer: NetlinkBatchWriter | None = None
+        self._names: TableNames | None = None
 
     def close(self) -> None:
         if self._reader is not None:
@@ -43,6 +44,9 @@ class NftKernel:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self._names is not None:
+            self._names.close()
+            self._names = None
         if self._nft is not None:
             nft, self._nft = self._nft, None
             self._exec.call(nft.close)
@@ -113,27 +117,10 @@ class NftKernel:
 
     def live(self) -> LiveObjects:
         """The names of what the sgagent table holds, without its rules and elements (cheap:
-        chains and tersely listed sets and maps through libnftables, counters over netlink)."""
-        def names(nft: Nft) -> tuple[set, set, bool]:
-            chains, sets = set(), set()
-            nft_items = []
-            for what, terse in (("chains", False), ("sets", True), ("maps", True)):
-                nft_items += nft.list_json(f"{what} {FAMILY}", terse=terse)
-            for item in nft_items:
-                for kind in ("chain", "set", "map"):
-                    obj = item.get(kind)
-                    if obj and obj.get("table") == TABLE:
-                        if kind == "chain":
-                            chains.add(obj["name"])
-                        else:
-                            sets.add(f"{kind} {obj['name']}")
-            tables = nft.list_json(f"tables {FAMILY}", terse=True)
-            return chains, sets, any(t.get("table", {}).get("name") == TABLE for t in tables)
-
-        chains, sets, table = self._run(names)
-        counters = {counter_name(r.key) for r in self.counters()} if table else set()
-        if table:  # and the suppressed-record counters of logged rules (flow logs)
-            counters |= {suppressed_counter_name(r.key) for r in self.suppressed()}
+        its chains, named sets and maps, and counters are dumped over netlink)."""
+        if self._names is None:
+            self._names = TableNames(self.netns_name, opener=self._open_socket)
+        table, chains, sets, counters = self._names.names()
         return LiveObjects(frozenset(chains), frozenset(sets), frozenset(counters), table)
 
     def counters(self) -> list[CounterReading]:
@@ -145,7 +132,7 @@ class NftKernel:
         """Per logged decision, the records its rate limit held back (``packets``), over
         netlink on a socket of its own kept open like the counters' (thread-safe)."""
         if self._suppressed is None:
-            self._suppressed = SuppressedReader(self.netns_name)
+            self._suppressed = SuppressedReader(self.netns_name, opener=self._open_socket)
         return self._suppressed()
 
     def counters_via_listing(self) -> list[CounterReading]:

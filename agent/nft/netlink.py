@@ -138,6 +138,7 @@ class NetfilterSocket:
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._seq = 0
+        self._buf = bytearray(RECV_BUFFER)
 
     def _socket(self) -> socket.socket:
         if self._sock is None:
@@ -153,6 +154,35 @@ class NetfilterSocket:
     def close(self) -> None:
         with self._lock:
             self._drop_socket()
+
+    def _genid(self) -> int:
+        """The ruleset generation (NFT_MSG_GETGEN): it changes with every commit."""
+        sock = self._socket()
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
+        seq = self._seq
+        sock.send(NLMSG.pack(NLMSG.size + 4, (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN,
+                              NLM_F_REQUEST, seq, 0) + struct.pack("=BBH", 0, 0, 0))
+        buf = self._buf
+        for _ in range(64):
+            n = sock.recv_into(buf)
+            for off, mlen, mtype, mseq in messages(buf, n):
+                if mseq != seq:
+                    continue
+                if mtype == NLMSG_ERROR:
+                    err = I32.unpack_from(buf, off + 16)[0]
+                    raise NetlinkError(-err or errno.EPROTO,
+                                       f"ruleset generation: {os.strerror(-err or errno.EPROTO)}")
+                if mtype == _NEWGEN:
+                    a, end = off + 20, off + mlen
+                    while a + 4 <= end:
+                        alen, atype = _NLA.unpack_from(buf, a)
+                        if alen < 4:
+                            break
+                        if atype & NLA_TYPE_MASK == NFTA_GEN_ID and alen >= 8:
+                            return struct.unpack_from(">I", buf, a + 4)[0]
+                        a += (alen + 3) & ~3
+                    raise NetlinkError(errno.EPROTO, "ruleset generation: no id in the reply")
+        raise NetlinkError(errno.EPROTO, "ruleset generation: no reply")
 
 
 def nlattr(atype: int, payload: bytes) -> bytes:
@@ -248,7 +278,6 @@ class NetlinkCounterReader(NetfilterSocket):
         self._keys: dict[bytes, CounterKey | None] = {}   # comment -> identity
         self._verified_gen: int | None = None      # generation of the last good read
         self._verified_keys: list[CounterKey] = []   # and its counters, in kernel order
-        self._buf = bytearray(RECV_BUFFER)
 
     def __enter__(self) -> "NetlinkCounterReader":
         return self
@@ -314,35 +343,6 @@ class NetlinkCounterReader(NetfilterSocket):
                 if isinstance(exc, NetlinkError):
                     raise
                 raise NetlinkError(exc.errno or errno.EIO, f"ruleset generation: {exc}") from exc
-
-    def _genid(self) -> int:
-        """The ruleset generation (NFT_MSG_GETGEN): it changes with every commit."""
-        sock = self._socket()
-        self._seq = (self._seq + 1) & 0xFFFFFFFF
-        seq = self._seq
-        sock.send(NLMSG.pack(NLMSG.size + 4, (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN,
-                              NLM_F_REQUEST, seq, 0) + struct.pack("=BBH", 0, 0, 0))
-        buf = self._buf
-        for _ in range(64):
-            n = sock.recv_into(buf)
-            for off, mlen, mtype, mseq in messages(buf, n):
-                if mseq != seq:
-                    continue
-                if mtype == NLMSG_ERROR:
-                    err = I32.unpack_from(buf, off + 16)[0]
-                    raise NetlinkError(-err or errno.EPROTO,
-                                       f"ruleset generation: {os.strerror(-err or errno.EPROTO)}")
-                if mtype == _NEWGEN:
-                    a, end = off + 20, off + mlen
-                    while a + 4 <= end:
-                        alen, atype = _NLA.unpack_from(buf, a)
-                        if alen < 4:
-                            break
-                        if atype & NLA_TYPE_MASK == NFTA_GEN_ID and alen >= 8:
-                            return struct.unpack_from(">I", buf, a + 4)[0]
-                        a += (alen + 3) & ~3
-                    raise NetlinkError(errno.EPROTO, "ruleset generation: no id in the reply")
-        raise NetlinkError(errno.EPROTO, "ruleset generation: no reply")
 
     def _dump(self) -> list[tuple[bytes, CounterKey, int, int]] | None:
         """One dump; ``None`` if the kernel says it was interrupted by a change."""
@@ -416,3 +416,101 @@ class NetlinkCounterReader(NetfilterSocket):
             live = {r[1] for r in out}
             self._keys = {c: k for c, k in keys.items() if k in live}
         return out
+
+
+NFT_MSG_NEWTABLE, NFT_MSG_GETTABLE = 0, 1
+NFT_MSG_NEWCHAIN, NFT_MSG_GETCHAIN = 3, 4
+NFT_MSG_NEWSET, NFT_MSG_GETSET = 9, 10
+NFT_MSG_GETOBJ = 19
+NFT_SET_ANONYMOUS, NFT_SET_MAP = 0x1, 0x8
+
+
+class TableNames(NetfilterSocket):
+    """``names()`` -> whether the sgagent table exists, and the names of its chains, of its
+    named sets and maps (``"set NAME"`` / ``"map NAME"``) and of its counters: dumps of the
+    table's declarations over netlink, none of its rules or elements (libnftables would load its cache
+    of the whole table first: a minute at 100,000 rules).  One consistent view: dumps that a
+    commit came between are repeated."""
+
+    thread_name = "sgagent-nlnames"
+
+    def __init__(self, netns_name: str | None = None, *,
+                 opener: Callable[[], socket.socket] | None = None) -> None:
+        super().__init__(netns_name, opener=opener)
+
+    def names(self) -> tuple[bool, set[str], set[str], set[str]]:
+        with self._lock:
+            try:
+                for attempt in range(RETRIES):
+                    if attempt:
+                        time.sleep(0.005 * attempt)
+                    gen = self._genid()
+                    out = self._names()
+                    if out is not None and self._genid() == gen:
+                        return out
+            except NetlinkError:
+                self._drop_socket()
+                raise
+            except OSError as exc:
+                self._drop_socket()
+                raise NetlinkError(exc.errno or errno.EIO, f"listing the table: {exc}") from exc
+        raise NetlinkError(errno.EAGAIN, "the ruleset kept changing while listing the table")
+
+    def _names(self) -> tuple[bool, set[str], set[str], set[str]] | None:
+        tables = self._dump(NFT_MSG_GETTABLE, NFT_MSG_NEWTABLE, 1)
+        if tables is None:
+            return None
+        if not any(name == TABLE for name, _, _ in tables):
+            return False, set(), set(), set()
+        chains = self._dump(NFT_MSG_GETCHAIN, NFT_MSG_NEWCHAIN, 3)
+        sets = self._dump(NFT_MSG_GETSET, NFT_MSG_NEWSET, 2)
+        objs = self._dump(NFT_MSG_GETOBJ, NFT_MSG_NEWOBJ, 2)
+        if chains is None or sets is None or objs is None:
+            return None
+        return (True, {name for name, t, _ in chains if t == TABLE},
+                {f"{'map' if flags & NFT_SET_MAP else 'set'} {name}" for name, t, flags in sets
+                 if t == TABLE and not flags & NFT_SET_ANONYMOUS},
+                {name for name, t, kind in objs if t == TABLE and kind == NFT_OBJECT_COUNTER})
+
+    def _dump(self, get: int, new: int, name_attr: int
+              ) -> list[tuple[str, str, int]] | None:
+        """(name, table, attribute 3) of each inet object a GET dump returns (a set's flags,
+        an object's type); None if interrupted."""
+        sock = self._socket()
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
+        seq = self._seq
+        body = struct.pack("=BBH", NFPROTO_INET, 0, 0)
+        sock.send(NLMSG.pack(NLMSG.size + len(body), (NFNL_SUBSYS_NFTABLES << 8) | get,
+                             NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
+        buf, out, interrupted = self._buf, [], False
+        want = (NFNL_SUBSYS_NFTABLES << 8) | new
+        while True:
+            n = sock.recv_into(buf)
+            if n == 0:
+                raise NetlinkError(errno.EIO, "netlink socket closed during a dump")
+            for off, mlen, mtype, mseq in messages(buf, n):
+                if mseq != seq:
+                    continue
+                if NLMSG.unpack_from(buf, off)[2] & NLM_F_DUMP_INTR:
+                    interrupted = True
+                if mtype == NLMSG_DONE:
+                    return None if interrupted else out
+                if mtype == NLMSG_ERROR:
+                    err = I32.unpack_from(buf, off + 16)[0]
+                    if err < 0:
+                        raise NetlinkError(-err, f"listing the table: {os.strerror(-err)}")
+                    continue
+                if mtype != want or buf[off + 16] != NFPROTO_INET:
+                    continue
+                name = table = ""
+                flags = 0
+                for atype, a, alen in attributes(buf, off + 20, off + mlen):
+                    if atype == 1:
+                        table = bytes(buf[a:a + alen]).split(b"\0", 1)[0].decode()
+                    if atype == name_attr:
+                        name = bytes(buf[a:a + alen]).split(b"\0", 1)[0].decode()
+                    elif atype == 3 and new in (NFT_MSG_NEWSET, NFT_MSG_NEWOBJ) and alen == 4:
+                        flags = struct.unpack_from(">I", buf, a)[0]
+                if new == NFT_MSG_NEWTABLE:
+                    table = name
+                out.append((name, table, flags))

@@ -130,3 +130,20 @@ def test_a_scratch_kernel_loads_into_its_own_namespace(kernels):
                           str(ROOT / "examples" / "defaults-tencent.yaml")],
                          capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.split() == ["netlink", "True", "False"]
+
+
+@settings(max_examples=10, deadline=None, derandomize=True, database=None,
+          suppress_health_check=list(HealthCheck))
+@given(raw=documents())
+def test_the_live_names_are_what_was_loaded(kernels, raw):
+    # live() dumps names over netlink: every chain, named set and map (by kind) and counter
+    # (the suppressed-record ones of flow logs too), no anonymous set
+    k = kernels[0]
+    objs = render(compile_document(parse_data(raw)), "sets")
+    k.delete_table()
+    assert not k.live().table
+    k.execute(replace(NO_TABLE, objs))
+    live = k.live()
+    assert live.table and live.chains == set(objs.chains)
+    assert live.sets == {f"{s.kind} {name}" for name, s in objs.sets.items()}
+    assert live.counters == set(objs.counters)
