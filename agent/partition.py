@@ -23,7 +23,7 @@ Rect = tuple[int, int, int, int]              # protocol lo, hi, value lo, hi
 Painted = tuple[tuple[int, int, int, int, int], ...]  # disjoint (plo, phi, vlo, vhi, owner)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One match of a decision: the addresses it covers and its rectangles in the plane."""
     owner: int                 # the decision's index: lower indices win
