@@ -78,9 +78,13 @@ def resweep(segments: list[tuple[int, int, Painted]], entries: list[Entry],
     for lo, hi in spans:
         clipped = []
         for e in entries:
+            for a, b in e.addrs:
+                if a <= hi and lo <= b:
+                    break
+            else:
+                continue
             addrs = tuple((max(a, lo), min(b, hi)) for a, b in e.addrs if a <= hi and lo <= b)
-            if addrs:
-                clipped.append(Entry(e.owner, addrs, e.rects))
+            clipped.append(Entry(e.owner, addrs, e.rects))
         pieces += sweep(clipped)
     ends = [hi for _, hi in spans]
     for lo, hi, row in segments:

@@ -144,7 +144,10 @@ class Plan:
         """Addresses looked up by interval, after the exact lookup missed: the segments of more
         than one address; neighbours with the same row are merged across runs of
         single-address segments between them (those are always found exactly first).  Member
-        points never cut them, so membership never changes this lookup."""
+        points never cut them, so membership never changes this lookup.  (Made once; the
+        list is the plan's own: not to be changed.)"""
+        if self._intervals is not None:
+            return self._intervals
         out: list[Piece] = []
         reach: int | None = None  # covered without a gap since the last piece began
         for lo, hi, row in self.segments:
@@ -156,13 +159,14 @@ class Plan:
             else:
                 out.append((lo, hi, row))
             reach = hi
+        self._intervals = out
+        self._interval_starts = [p[0] for p in out]
         return out
 
     def interval_row(self, a: int) -> Painted:
         """The row the interval lookup finds for ``a`` (``()`` if none)."""
         if self._intervals is None:
-            self._intervals = self.intervals()
-            self._interval_starts = [p[0] for p in self._intervals]
+            self.intervals()
         k = bisect.bisect_right(self._interval_starts, a) - 1
         if k >= 0 and self._intervals[k][1] >= a:
             return self._intervals[k][2]
