@@ -58,7 +58,9 @@ def test_a_name_iptables_reads_as_a_pattern_matches_exactly_that_interface(ns, v
             run_in(ns, "ip", "link", "set", n, "up")
         run_in(ns, "ip", "addr", "add", f"10.{200 + i}.0.1/24", "dev", link)
     with IptBackend(ns, variant=variant) as be, netns.NetnsExecutor(ns) as ex:
-        be.apply(compile_document(parse_data(document(name))))
+        rs = compile_document(parse_data(document(name)))
+        be.apply(rs)
+        assert be.diff(rs) == ""  # the live rules and sets read back as they were written
         outcome = {link: sent(ex, f"10.{200 + i}.0") for i, link in enumerate(links)}
         assert outcome == {link: link != name for link in links}
         counted = {r.key.nic: r.packets for r in be.counters() if r.key.rule == "probe"}
