@@ -101,6 +101,11 @@ class NftKernel:
                 raise Refused(str(exc)) from None
         return Executed("libnftables", text.count("\n"))
 
+    @property
+    def last_batch(self) -> tuple[int, float]:
+        """Bytes and seconds (send to the kernel's last answer) of the last netlink batch."""
+        return self._writer.last_batch if self._writer is not None else (0, 0.0)
+
     def delete_table(self) -> bool:
         """Remove the sgagent table and everything in it; False if there was none."""
         if not self.live().table:
