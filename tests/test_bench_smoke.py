@@ -110,7 +110,7 @@ def test_apply_smoke(tmp_path):
     (row,) = data["sizes"]
     assert row["rules"] == 30
     for key in ("cli_s", "nft_f_s", "in_process_s", "cli_gc_off_s", "cli_maxrss_mb",
-                "nft_f_maxrss_mb", "in_process_libnftables_s", "cli_vs_nft_f"):
+                "nft_f_maxrss_mb", "in_process_kernel_s", "cli_vs_nft_f"):
         assert row[key] is not None and row[key] > 0, key
     assert row["counters_in_kernel"] >= 30
     assert row["profile_top_own_time"]
