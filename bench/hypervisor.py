@@ -14,7 +14,9 @@ included) is written as JSON, and, each step in a fresh process with its own tim
 * ``nft -f`` of the same text (``sgagent compile``'s) into a fresh namespace with the same
   interfaces: wall time and peak RSS;
 * ``one rule edited``: the same document with one rule's port changed (a tcp rule of
-  ``vm{N/2}``), applied by the CLI over the loaded table (what changes is sent as a difference).
+  ``vm{N/2}``), applied by the CLI over the loaded table (what changes is sent as a difference);
+* with ``--baseline COMMIT``: ``sgagent apply`` as it was at that commit (bench/apply.py's
+  ``extract``), into the ``nft -f`` namespace once emptied again: wall time and peak RSS.
 
 Then the **first-packet cost for forwarded traffic**: new TCP connections from VM 0 to VM 1
 through the hypervisor (bench/connrate.c, one connect in flight, abortive close), interleaved
@@ -52,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as common  # noqa: E402
 import connrate  # noqa: E402
 import hvgen  # noqa: E402
+from apply import RUN_CLI, extract  # noqa: E402
 
 OUT = common.RESULTS / "hypervisor.json"
 BENCH = Path(__file__).resolve().parent
@@ -178,7 +181,8 @@ def kernel_counters(ns: str) -> dict[str, int]:
 
 
 def size_steps(work: Path, vms: int, rules: int, seed: int, ns: dict[str, str], raw_ns: str,
-               budget: Budget, log: Callable[[str], None]) -> dict[str, Any]:
+               budget: Budget, log: Callable[[str], None],
+               baseline: Path | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {"vms": vms, "rules_per_nic": rules, "rules": vms * rules}
     doc_path = work / f"hv{vms}.json"
     doc = hvgen.generate(vms, rules, seed=seed, bench_pair=True)
@@ -223,8 +227,16 @@ def size_steps(work: Path, vms: int, rules: int, seed: int, ns: dict[str, str], 
                                                               ns["hv"]]))
     else:
         row["edit_cli_apply"] = {"skipped": "the full apply did not finish"}
+    if baseline is not None:
+        common.in_ns(raw_ns, "nft", "flush", "ruleset", check=False, timeout=300)
+        row["cli_apply_baseline"] = _clean(step(
+            "sgagent apply, baseline", ["env", f"PYTHONPATH={baseline}", common.PYTHON, "-c",
+                                        RUN_CLI, "apply", str(doc_path), "--netns", raw_ns]))
     a, n = row["cli_apply"].get("s"), row["nft_f"].get("s")
     row["cli_vs_nft_f"] = round(a / n, 2) if a and n else None
+    b = row.get("cli_apply_baseline", {}).get("s")
+    if a and b:
+        row["cli_vs_cli_baseline"] = round(a / b, 2)
     text.unlink(missing_ok=True)
     return row
 
@@ -313,7 +325,7 @@ def first_packet(setups: list[tuple[str, dict[str, str]]], exe: Path, reps: int,
 
 def run(sizes: list[int] | None = None, rules: int = 1000, reps: int = 5, seconds: float = 1.0,
         budget_s: float = 1140, step_cap: float = 420, seed: int = 1,
-        log: Callable[[str], None] = print) -> dict[str, Any]:
+        log: Callable[[str], None] = print, baseline: str | None = None) -> dict[str, Any]:
     common.require_root()
     sizes = sizes or [10, 30, 100]
     budget = Budget(budget_s, step_cap)
@@ -325,6 +337,7 @@ def run(sizes: list[int] | None = None, rules: int = 1000, reps: int = 5, second
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="sgbench-") as tmp, common.namespaces(names):
         work = Path(tmp)
+        base_dir = extract(baseline, work / "baseline") if baseline else None
         exe = connrate.build(work)
         base = [("none", wire(tok, len(sizes), 2)), ("conntrack only", wire(tok, len(sizes) + 1, 2))]
         common.in_ns(base[1][1]["hv"], "nft", "-f", "-", input=CT_ONLY)
@@ -333,7 +346,7 @@ def run(sizes: list[int] | None = None, rules: int = 1000, reps: int = 5, second
             ns = wire(tok, k, vms)
             raw = f"{tok}r{k}"
             common.in_ns(raw, "ip", "-batch", "-", input=idle_nics(0, vms))
-            rows.append(size_steps(work, vms, rules, seed, ns, raw, budget, log))
+            rows.append(size_steps(work, vms, rules, seed, ns, raw, budget, log, base_dir))
             with contextlib.suppress(Exception):  # the raw load is only timed: free it
                 common.in_ns(raw, "nft", "flush", "ruleset", check=False, timeout=300)
             if "s" in rows[-1]["cli_apply"]:
@@ -342,7 +355,7 @@ def run(sizes: list[int] | None = None, rules: int = 1000, reps: int = 5, second
     return {"benchmark": "hypervisor", "date": common.now_iso(), "machine": common.machine(),
             "params": {"sizes_vms": sizes, "rules_per_nic": rules, "reps": reps,
                        "seconds": seconds, "budget_s": budget_s, "step_timeout_cap_s": step_cap,
-                       "seed": seed},
+                       "seed": seed, "baseline": baseline},
             "sizes": rows, "first_packet": fp, "targets": targets(rows, fp)}
 
 
@@ -395,6 +408,11 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append(f"| {r['vms']} x {r['rules_per_nic']:,} | {stages} | {common.fmt(rss)} MB "
                      f"| {_cell(comp)} | {text} | {_cell(r['cli_apply'])} | {_cell(r['nft_f'])} "
                      f"| {ratio} | {_cell(r['edit_cli_apply'])} |")
+    for r in res["sizes"]:
+        if "cli_apply_baseline" in r:
+            lines.append(f"\n{r['vms']} x {r['rules_per_nic']:,}: `sgagent apply` as at "
+                         f"{p.get('baseline')}: {_cell(r['cli_apply_baseline'])}; now / then "
+                         f"{common.fmt(r.get('cli_vs_cli_baseline'))}x.")
     fp = res["first_packet"]
     lines += ["", f"Forwarded connections VM 0 -> VM 1 through the hypervisor (closed loop, one "
               f"connect in flight, {fp['seconds']} s x {fp['reps']} interleaved rounds, medians):",
@@ -421,10 +439,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=1140, help="seconds for the whole run")
     ap.add_argument("--step-timeout", type=float, default=420, help="cap of one step")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--baseline", metavar="COMMIT",
+                    help="also run sgagent apply as it was at this commit, side by side")
     ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args(argv)
     res = run([int(x) for x in a.sizes.split(",")], a.rules, a.reps, a.seconds, a.budget,
-              a.step_timeout, a.seed)
+              a.step_timeout, a.seed, baseline=a.baseline)
     common.write_json(a.out, res)
     print(markdown(res))
     return 0
