@@ -463,6 +463,11 @@ def encode(text: str, declare: Declare | None = None,
             done = _matches(head)
             if done is None:
                 return None
+            words = tail.split(" ")
+            if len(words) == 2 and words[1] in VERDICTS:       # counter name C return
+                return done[0] + _objref(words[0]) + _verdict(words[1])
+            if len(words) == 3 and words[1] in ("goto", "jump") and words[2]:
+                return done[0] + _objref(words[0]) + _verdict(words[1], words[2])
             rule = _Rule(_TOKENS.findall("counter name " + tail), declare, set_ids)
             rule.out, rule.nfproto, rule.l4 = [done[0]], done[1], done[2]
             return rule.parse()

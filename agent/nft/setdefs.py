@@ -42,6 +42,7 @@ KEYS = {"ipv4_addr": (7, 4, 2), "ipv6_addr": (8, 16, 2), "inet_service": (13, 2,
 # An element list's nested attribute holds at most 64 KiB: a larger set goes in several
 # NEWSETELEM messages.
 ELEMENTS_BYTES = 48 * 1024
+_FAMILY = {"ipv4_addr": socket.AF_INET, "ipv6_addr": socket.AF_INET6}
 _OPEN = bytes([1, 4]) + struct.pack("=I", 1)   # NFTNL_UDATA_SET_ELEM_FLAGS: interval open
 _U32 = struct.Struct(">I")
 
@@ -126,6 +127,11 @@ def _key(value: bytes) -> bytes:
     return nlattr(NFTA_SET_ELEM_KEY | NLA_F_NESTED, nlattr(NFTA_DATA_VALUE, value))
 
 
+@functools.lru_cache(maxsize=1 << 12)
+def _elem_data(value: str) -> bytes:
+    return nlattr(NFTA_SET_ELEM_DATA | NLA_F_NESTED, verdict_data(value))
+
+
 def element(key: bytes, value: str | None = None, *, end: bool = False,
             open_: bool = False) -> bytes:
     """One ``NFTA_LIST_ELEM`` in nft's attribute order."""
@@ -134,7 +140,7 @@ def element(key: bytes, value: str | None = None, *, end: bool = False,
     else:
         inner = _key(key)
         if value is not None:
-            inner += nlattr(NFTA_SET_ELEM_DATA | NLA_F_NESTED, verdict_data(value))
+            inner += _elem_data(value)
         if open_:
             inner += nlattr(NFTA_SET_ELEM_USERDATA, _OPEN)
     return nlattr(NFTA_LIST_ELEM | NLA_F_NESTED, inner)
@@ -177,6 +183,12 @@ def named_elements(typ: str, interval: bool, items: list[tuple[str, str | None]]
         return interval_elements(typ, ranges)
     if typ == "ifname":
         return [element(ifname_key(k), v) for k, v in items]
+    if typ in _FAMILY:   # single addresses (a hash set or map): their bytes as they are
+        family = _FAMILY[typ]
+        try:
+            return [element(socket.inet_pton(family, k), v) for k, v in items]
+        except OSError:
+            raise Unknown("not an address") from None
     out = []
     for k, v in items:
         lo, hi = key_range(typ, k)
