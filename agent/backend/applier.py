@@ -4,9 +4,12 @@ After a first apply, only the difference from what was applied is sent, as long 
 else committed to the ruleset since (the kernel's generation is the one right after our own
 commit); otherwise, when asked for a full apply, or when the kernel refuses the difference,
 the whole table's contents are replaced, also in one transaction -- and so when the difference
-would rebuild much of the table, which libnftables takes in far more slowly than the table
-whole.  Counters of kept rules keep counting either way.  Backend-neutral: a backend hands it a
-kernel and a renderer.
+would rebuild much of the table and the kernel takes transactions as text (libnftables takes
+such a difference in far more slowly than the table whole).  A kernel that took the last whole
+table as one batch (netlink) takes a large difference the same way, faster than the whole
+table: it goes as a difference, its changed interval sets added again whole (a batch carries
+no single prefixes and ranges).  Counters of kept rules keep counting either way.
+Backend-neutral: a backend hands it a kernel and a renderer.
 """
 
 from __future__ import annotations
@@ -22,8 +25,12 @@ R = TypeVar("R")  # what the renderer renders (a Ruleset)
 # rules, every one of 14,000 chains replaced: 17-21 s as a difference, 3.9 s whole; about 1.3 ms
 # per chain against 0.28 ms): past this share of the chains, and this many, the whole table
 # is replaced instead.
+# (as text through libnftables; as one netlink batch a difference is the faster: 10,000 rules,
+# a group binding removed, 9,000 of 14,000 chains replaced: ~0.4 s to encode and send against
+# ~1.9 s for the table whole).
 REPLACE_SHARE = 0.2
 REPLACE_MIN_CHAINS = 500
+TEXT = "libnftables"   # the channel (Executed.channel) that takes a transaction as text
 Render = Callable[[R, "Objects | None", "R | None"], Objects]
 
 
@@ -38,6 +45,9 @@ class Applier(Generic[R]):
         self.applied: Objects | None = None
         self._applied_rs: R | None = None
         self._applied_gen: int | None = None    # ruleset generation right after our apply
+        # Whether the kernel took the last whole table or large difference as one batch (not
+        # as text): then a large difference goes as such (see the module's docstring).
+        self.batches = False
 
     def forget(self) -> None:
         """Drop the memory of the last apply: the next one replaces the whole table."""
@@ -51,11 +61,16 @@ class Applier(Generic[R]):
         done, mode, tx = None, "delta", None
         if not full and self.applied is not None:
             tx = diff(self.applied, objs)
-            if not rebuilds(tx, len(self.applied.chains)):
+            large = rebuilds(tx, len(self.applied.chains))
+            if large and self.batches:
+                tx = diff(self.applied, objs, whole_intervals=True)
+            if not large or self.batches:
                 try:
                     done = self.kernel.execute(tx, genid=gen, dry_run=dry_run)
                 except Refused:
                     done = None
+                if done is not None and large and not dry_run:
+                    self.batches = done.channel != TEXT
         if done is None:
             mode, tx = "full", replace(self.kernel.live(), objs)
             try:
@@ -63,6 +78,8 @@ class Applier(Generic[R]):
             except Refused as exc:
                 raise ApplyError(
                     f"the kernel refused the ruleset, nothing was changed: {exc}") from None
+            if not dry_run:
+                self.batches = done.channel != TEXT
         if not dry_run:
             after = self.kernel.generation()
             committed = 1 if tx else 0

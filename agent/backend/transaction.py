@@ -100,6 +100,7 @@ Op = Union[AddTable, FlushTable, DeleteTable, AddCounter, DeleteCounter, AddSet,
            AddChain, FlushChain, DeleteChain, AddRules, AddElements, DeleteElements]
 ELEMENT_OPS = (AddElements, DeleteElements)
 DECLARATIONS = (AddCounter, AddSet, AddChain, AddRules)
+PIECE = 128   # elements an AddElements or DeleteElements of a difference carries at most
 
 
 @dataclass
@@ -170,19 +171,25 @@ def replace(live: LiveObjects, objs: Objects) -> Transaction:
     return Transaction(ops + declarations(objs), full=True)
 
 
-def diff(old: Objects, new: Objects) -> Transaction:
+def diff(old: Objects, new: Objects, *, whole_intervals: bool = False) -> Transaction:
     """Only what differs from ``old`` (which must be what the kernel holds now), as one
     transaction.  Counter names hash their whole identity, so a kept name keeps its comment
     and its count.  When ``new`` says which names it changed relative to ``old``
     (:class:`~sgagent.backend.objects.Changed`), only those are compared: the diff is as small
-    as the change, whatever the size of the table."""
+    as the change, whatever the size of the table.
+
+    ``whole_intervals``: an interval set or map whose elements change is deleted and added
+    again whole, with the rules of every chain that looks it up flushed before and added
+    again after, instead of its prefixes and ranges being added and deleted one by one (what
+    a netlink batch cannot carry: then the whole difference would go as text)."""
     ch = new.changed
     if ch is not None and ch.relative_to(old):
-        return _diff(old, new, ch.counters, ch.sets, ch.chains)
-    return _diff(old, new, None, None, None)
+        return _diff(old, new, ch.counters, ch.sets, ch.chains, whole_intervals)
+    return _diff(old, new, None, None, None, whole_intervals)
 
 
-def _diff(old: Objects, new: Objects, counter_names, set_names, chain_names) -> Transaction:
+def _diff(old: Objects, new: Objects, counter_names, set_names, chain_names,
+          whole_intervals: bool = False) -> Transaction:
     """The diff over the given names of each kind (None: all of them)."""
     create: list[Op] = []      # new counters, sets, maps
     new_chains: list[Op] = []  # new chains, empty (map elements may jump to them)
@@ -192,6 +199,7 @@ def _diff(old: Objects, new: Objects, counter_names, set_names, chain_names) -> 
     elem: list[Op] = []        # elements that come
     rules: list[Op] = []       # the rules of new and changed chains
     delete: list[Op] = []      # chains, sets, counters that go
+    whole: set[str] = set()    # interval sets added again whole (``whole_intervals``)
     # (key views compare at C speed: a change of members leaves them all equal)
     if counter_names is not None or new.counters.keys() != old.counters.keys():
         names = new.counters if counter_names is None else counter_names
@@ -217,15 +225,23 @@ def _diff(old: Objects, new: Objects, counter_names, set_names, chain_names) -> 
         else:
             gone = sorted(o.elements - s.elements)
             come = [(k, None) for k in sorted(s.elements - o.elements)]
-        if gone:
-            unelem.append(DeleteElements(name, s.type, tuple(gone)))
-        if come:
-            elem.append(AddElements(name, s.type, tuple(come)))
+        if whole_intervals and s.interval and (gone or come):
+            recreate.append(DeleteSet(name, o.is_map))
+            recreate.append(AddSet(name, s))
+            whole.add(name)
+            continue
+        # in pieces: one operation's elements go in one netlink attribute (64 KiB at most)
+        unelem += [DeleteElements(name, s.type, tuple(gone[i:i + PIECE]))
+                   for i in range(0, len(gone), PIECE)]
+        elem += [AddElements(name, s.type, tuple(come[i:i + PIECE]))
+                 for i in range(0, len(come), PIECE)]
+    redone: set[str] = set()   # chains whose rules go and come back (flushed, added)
     for name in new.chains if chain_names is None else chain_names:
         entry = new.chains.get(name)
         prev = old.chains.get(name)
         if entry is None or prev is entry or prev == entry:
             continue
+        redone.add(name)
         header, chain_rules = entry
         if prev is None:
             new_chains.append(AddChain(name, header))
@@ -233,6 +249,16 @@ def _diff(old: Objects, new: Objects, counter_names, set_names, chain_names) -> 
             flush.append(FlushChain(name))
         if chain_rules:
             rules.append(AddRules(name, chain_rules))
+    if whole:
+        # A set is deleted only once no rule looks it up: the kept chains that do go empty
+        # before it goes (a chain that goes is flushed below) and get their rules back after.
+        for name, (header, chain_rules) in new.chains.items():
+            if name in redone or name not in old.chains:
+                continue
+            if any(not whole.isdisjoint(r.sets) for r in old.chains[name][1]):
+                flush.append(FlushChain(name))
+                if chain_rules:
+                    rules.append(AddRules(name, chain_rules))
     # Maps that go may jump to chains that go: the maps first.
     if set_names is not None or not old.sets.keys() <= new.sets.keys():
         delete += [DeleteSet(n, old.sets[n].is_map) for n in

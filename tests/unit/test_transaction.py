@@ -253,11 +253,15 @@ def test_watchers_hear_of_tampering_until_closed():
     assert heard == [1]
 
 
-def test_a_difference_that_rebuilds_much_of_the_table_is_a_full_replacement():
-    """Replacing most chains one by one costs libnftables several times loading the table
-    whole: past a share of the chains the applier replaces the table instead; a change of a
-    few chains stays a difference."""
-    from sgagent.backend.applier import REPLACE_MIN_CHAINS, Applier
+class TextKernel(FakeKernel):
+    """The fake, telling the applier it took each transaction as text (as libnftables)."""
+
+    def execute(self, tx, *, genid=None, dry_run=False):
+        done = super().execute(tx, genid=genid, dry_run=dry_run)
+        return done._replace(channel="libnftables")
+
+
+def rebuilt_tables():
     from sgagent.backend.objects import Objects
 
     def table(prefix: str, chains: int, extra: str = "") -> Objects:
@@ -269,9 +273,17 @@ def test_a_difference_that_rebuilds_much_of_the_table_is_a_full_replacement():
             objs.chains[f"{prefix}{i}"] = (None, (Rule(f"counter name c_1 drop{extra}",
                                                        counters=("c_1",)),))
         return objs
+    return table
 
+
+def test_a_difference_that_rebuilds_much_of_the_table_as_text_is_a_full_replacement():
+    """Replacing most chains one by one costs libnftables several times loading the table
+    whole: past a share of the chains the applier replaces the table instead; a change of a
+    few chains stays a difference."""
+    from sgagent.backend.applier import REPLACE_MIN_CHAINS, Applier
+    table = rebuilt_tables()
     n = 2 * REPLACE_MIN_CHAINS
-    kernel = FakeKernel()
+    kernel = TextKernel()
     applier = Applier(kernel, lambda objs, *_: objs)
     assert applier.apply(table("k_a", n)).mode == "full"
     kernel.count("c_1", 7)
@@ -281,3 +293,92 @@ def test_a_difference_that_rebuilds_much_of_the_table_is_a_full_replacement():
     result = applier.apply(table("k_b", n))  # every chain another
     assert result.mode == "full" and kernel.values()["c_1"] == (7, 448)
     assert kernel.listing() == fresh(table("k_b", n)).listing()
+
+
+def test_a_kernel_that_takes_batches_takes_a_rebuild_as_a_difference():
+    """A kernel that took the whole table as one batch (not text) takes a difference that
+    rebuilds most chains as a difference too (cheaper than the table whole); kept counters
+    keep counting; a refused one still falls back to the whole table."""
+    from sgagent.backend.applier import REPLACE_MIN_CHAINS, Applier
+    table = rebuilt_tables()
+    n = 2 * REPLACE_MIN_CHAINS
+    kernel = FakeKernel()
+    applier = Applier(kernel, lambda objs, *_: objs)
+    assert applier.apply(table("k_a", n)).mode == "full" and applier.batches
+    kernel.count("c_1", 7)
+    result = applier.apply(table("k_b", n))  # every chain another
+    assert result.mode == "delta" and kernel.values()["c_1"] == (7, 448)
+    assert kernel.listing() == fresh(table("k_b", n)).listing()
+    faulty = Faulty(kernel, refuse=[1])
+    applier.kernel = faulty
+    result = applier.apply(table("k_c", n))
+    assert faulty.refused == 1
+    assert result.mode == "full" and kernel.values()["c_1"] == (7, 448)
+    assert kernel.listing() == fresh(table("k_c", n)).listing()
+
+
+def interval_table(peers: list[str]):
+    from sgagent.backend.objects import Objects
+    objs = Objects()
+    objs.sets["a4"] = SetDef("ipv4_addr", frozenset(peers), interval=True)
+    objs.sets["other"] = SetDef("ipv4_addr", frozenset(peers), interval=True)
+    objs.chains["in_eth0"] = (None, (Rule("ip saddr @a4 accept", sets=("a4",)),
+                                     Rule("ip saddr @other drop", sets=("other",))))
+    objs.chains["in_eth1"] = (None, (Rule("ip saddr @a4 drop", sets=("a4",)),))
+    objs.chains["in_eth2"] = (None, (Rule("drop"),))
+    return objs
+
+
+def test_whole_intervals_adds_a_changed_interval_set_again_with_its_chains():
+    """``whole_intervals``: an interval set whose prefixes change is deleted and added again
+    whole; every chain that looks it up is flushed before and gets its rules back after;
+    the fake (which refuses deleting a set in use) takes it and the table is what a fresh
+    load leaves; nothing else is touched."""
+    old = interval_table(["10.0.0.0/24", "10.1.0.0/16"])
+    new = interval_table(["10.0.0.0/24", "10.2.0.0/16"])
+    new.sets["other"] = old.sets["other"]
+    k = fresh(old)
+    tx = diff(old, new, whole_intervals=True)
+    assert not any(isinstance(op, (AddElements, DeleteElements)) for op in tx)
+    assert {type(op).__name__ for op in tx} == {"FlushChain", "DeleteSet", "AddSet", "AddRules"}
+    assert sorted(op.name for op in tx if isinstance(op, FlushChain)) == ["in_eth0", "in_eth1"]
+    assert [op.name for op in tx if isinstance(op, (DeleteSet, AddSet))] == ["a4", "a4"]
+    k.execute(tx)
+    assert k.listing() == fresh(new).listing()
+    plain = diff(old, new)
+    assert {type(op).__name__ for op in plain} == {"AddElements", "DeleteElements"}
+
+
+def test_a_large_element_change_goes_in_pieces():
+    """Each element operation carries at most PIECE elements (one netlink attribute each)."""
+    from sgagent.backend.objects import Objects
+    from sgagent.backend.transaction import PIECE
+
+    def objs(keys):
+        o = Objects()
+        o.sets["h4"] = SetDef("ipv4_addr", frozenset(keys))
+        return o
+    a = objs(f"10.0.{i // 250}.{i % 250}" for i in range(3 * PIECE))
+    b = objs(f"10.1.{i // 250}.{i % 250}" for i in range(3 * PIECE + 1))
+    tx = diff(a, b)
+    sizes = [len(op.keys) if isinstance(op, DeleteElements) else len(op.items) for op in tx]
+    assert max(sizes) == PIECE and sum(sizes) == 6 * PIECE + 1
+    k = fresh(a)
+    k.execute(tx)
+    assert k.listing() == fresh(b).listing()
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.integers(0, 2**32 - 1))
+def test_a_diff_with_whole_intervals_leaves_what_a_fresh_load_leaves(seed):
+    rnd = random.Random(seed)
+    a_raw, b_raw = gen_document(rnd), gen_document(rnd)
+    for x, y in ((a_raw, b_raw), (b_raw, members_changed(b_raw, rnd))):
+        old = render(compile_document(parse_data(x)), "sets")
+        new = render(compile_document(parse_data(y)), "sets")
+        k = fresh(old)
+        tx = diff(old, new, whole_intervals=True)
+        assert not any(isinstance(op, (AddElements, DeleteElements))
+                       and (new.sets.get(op.set) or old.sets[op.set]).interval for op in tx)
+        k.execute(tx)
+        assert k.listing() == fresh(new).listing()
