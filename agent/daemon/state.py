@@ -58,17 +58,19 @@ class StateStore:
         self.path = self.dir / STATE_FILE
 
     def save(self, raw: bytes, origin: str, live: str | None = None,
-             kernel: str | None = None) -> None:
+             kernel: str | None = None, *, known_digest: str | None = None) -> None:
         """Atomically replace the saved document with ``raw``; ``live`` is the fingerprint of
         the table the kernel loaded from it (see ``NftBackend.fingerprint``), ``kernel`` names
         the kernel state right after it was loaded (boot, namespace and ruleset generation):
-        by either a restarted daemon recognises that table as this document's."""
+        by either a restarted daemon recognises that table as this document's.
+        ``known_digest``: :func:`digest` of ``raw`` when the caller has it already (not
+        hashed again: ~10-20 ms at 100,000 rules)."""
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         record = {
             "format": FORMAT,
             "saved_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "origin": origin,
-            "digest": digest(raw),
+            "digest": known_digest or digest(raw),
             "document": raw.decode("utf-8"),
             **({"live": live} if live else {}),
             **({"kernel": kernel} if kernel else {}),
