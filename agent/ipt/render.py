@@ -504,8 +504,7 @@ class _ChainRenderer:
         (the tail by default).  A box's owner None: the tail."""
         after = after or self.tail()
         icmp = ICMP[self.family]
-        l4, flag, _ = _ICMP[self.family]
-        icmp_module = "icmp" if self.family == 4 else "icmp6"
+        l4 = _ICMP[self.family][0]
         tcpudp: list[str] = []
         icmps: list[str] = []
         other: dict[int | None, list[tuple[int, int]]] = {}
@@ -517,8 +516,8 @@ class _ChainRenderer:
                     if (vlo, vhi) == (0, 255):
                         icmps += self.decide(owner, l4)
                     else:
-                        for v in range(vlo, vhi + 1):
-                            icmps += self.decide(owner, l4, f"-m {icmp_module} {flag} {v}")
+                        for m in icmp_matches(self.family, vlo, vhi):
+                            icmps += self.decide(owner, l4, m)
                 else:
                     name = "tcp" if p == TCP else "udp"
                     if (vlo, vhi) == (0, 65535):
@@ -587,7 +586,7 @@ class _ChainRenderer:
         else:
             peers = [("" if n.prefixlen == 0 else f"{flag} {n.with_prefixlen}", "")
                      for n in m.nets]
-        l4, iflag, _ = _ICMP[self.family]
+        l4 = _ICMP[self.family][0]
         if m.proto is None:
             protos: list[tuple[str | None, str]] = [(None, "")]
         elif m.proto in ("tcp", "udp"):
@@ -598,7 +597,7 @@ class _ChainRenderer:
             if (m.proto == "icmp") != (self.family == 4):
                 return []
             protos = [(l4, "")] if m.icmp_type is None else \
-                [(l4, f"-m {'icmp' if self.family == 4 else 'icmp6'} {iflag} {m.icmp_type}")]
+                [(l4, x) for x in icmp_matches(self.family, m.icmp_type, m.icmp_type)]
         else:
             protos = [(m.proto, "")]
         if target is not None:  # the rule's matches, then the targets ``target`` gives
@@ -615,6 +614,23 @@ def _with(rule: str, match: str) -> str:
         p, _, rest = rule[3:].partition(" ")
         return f"-p {p} {match} {rest}"
     return f"{match} {rule}"
+
+
+def icmp_matches(family: int, lo: int, hi: int) -> list[str]:
+    """The matches of ICMP types ``lo``..``hi`` (not all 256), one per rule, as
+    ``iptables-save`` prints them.  iptables' icmp match takes type 255 for any type (and
+    prints it back as ``any``), so IPv4 names a range, or 255, by the u32 match: the type
+    byte at the end of the IP header (its length from IHL), of a first fragment only (the
+    icmp match skips the others, as nftables' ``icmp type`` does); a single type below 255
+    stays the icmp match.  ip6tables' icmp6 match compares 255 as a type, and u32 reads a
+    fixed offset where extension headers move the ICMPv6 header, so IPv6 keeps one icmp6
+    rule per type."""
+    if family == 6:
+        return [f"-m icmp6 --icmpv6-type {t}" for t in range(lo, hi + 1)]
+    if lo == hi < 255:
+        return [f"-m icmp --icmp-type {lo}"]
+    value = f"{lo:#x}" if lo == hi else f"{lo:#x}:{hi:#x}"
+    return [f'-m u32 --u32 "0x4&0x1fff=0x0&&0x0>>0x16&0x3c@0x0>>0x18={value}"']
 
 
 def _others(plo: int, phi: int, icmp: int):

@@ -93,8 +93,18 @@ def matches(t: Tables, tokens: list[str], p: Packet) -> tuple[bool, list[str]]:
         elif tok == "--sport":
             if p.sport != int(arg):
                 return False, []
-        elif tok in ("--icmp-type", "--icmpv6-type"):
+        elif tok == "--icmp-type":  # the kernel's icmp match reads 255 as any type
+            if arg not in ("any", "255") and p.icmp_type != int(arg):
+                return False, []
+        elif tok == "--icmpv6-type":  # icmp6 compares 255 as a type
             if p.icmp_type != int(arg):
+                return False, []
+        elif tok == "--u32":  # the one test sgagent writes: an ICMP type range (IPv4)
+            head, _, value = arg.rpartition("=")
+            assert head == "0x4&0x1fff=0x0&&0x0>>0x16&0x3c@0x0>>0x18", arg
+            lo, _, hi = value.partition(":")
+            if p.src.version != 4 or p.icmp_type is None or \
+                    not int(lo, 16) <= p.icmp_type <= int(hi or lo, 16):
                 return False, []
         elif tok == "-i":
             if p.iif != arg:
