@@ -1,12 +1,13 @@
 """ICMP type ranges that reach type 255 (issue 11).  iptables' icmp match reads type 255 as
 "any type" (iptables-save prints ``any``), so IPv4 writes such ranges, and 255 alone, as one
 u32 rule; ip6tables' icmp6 match compares 255 as a type.  Proved three ways: the rendering
-through the model of the syntax (tests/ipt/sim.py, which reads 255 as the kernel does), the
-encoding alone in a namespace (per-rule counters and a raw socket behind INPUT, real
-packets, both variants), and a document applied by the backend: real ICMP packets of types
-8, 13 and 255 get the evaluator's verdicts (untracked: conntrack finds type 255 invalid, a
-drop before any rule), and the chains read back equal to what was
-written (a second apply changes nothing)."""
+through the model of the syntax (tests/ipt/sim.py, which reads 255 as the kernel does); each
+encoding alone in a namespace, read back as written and passing exactly its types (real
+packets seen by a raw socket behind INPUT, both variants); and a document applied by the
+backend, where real ICMP packets of types 8, 13, 254 and 255 (IPv6: 128, 200, 254, 255) get
+the evaluator's verdicts once conntrack is told not to track them (tracked, conntrack finds
+all but 8, 13 and 128 invalid: dropped before any rule, SEMANTICS section 4), and what was
+written reads back equal (a re-apply has no chain to rewrite)."""
 
 from __future__ import annotations
 
@@ -153,7 +154,7 @@ def _deliveries(sb: Sandbox, sends: list[tuple[str, int]]) -> dict[tuple[str, in
         try:
             target = sb.nic_address("eth0", family)
             tags = {}
-            for i, (peer, t) in enumerate(batch):
+            for peer, t in batch:
                 tag = secrets.randbits(31) | 1
                 tags[tag] = (peer, t)
                 sb.add_peer("eth0", peer)
