@@ -778,6 +778,25 @@ def _members(text: str, i: int,
     """The object starting at ``text[i]`` (``{``) and where it ends; ``spans``: the top level,
     whose ``security_groups`` object is read the same way, the host's and each group's
     span kept."""
+    def value(key: str, start: int) -> tuple[Any, int]:
+        if spans is not None and key == "security_groups" and text[start] == "{":
+            return _object(text, start, group)
+        read, end = _SCAN(text, start)
+        if spans is not None and key == "host":
+            spans[("host",)] = (start, end)
+        return read, end
+
+    def group(key: str, start: int) -> tuple[Any, int]:
+        read, end = _SCAN(text, start)
+        spans[("security_groups", key)] = (start, end)
+        return read, end
+
+    return _object(text, i, value)
+
+
+def _object(text: str, i: int, value) -> tuple[dict, int]:
+    """The JSON object starting at ``text[i]`` (``{``) and where it ends; ``value(key, start)``
+    reads each member's value (and where it ends) from its first character."""
     pairs = []
     i = _SPACE.match(text, i + 1).end()
     if text[i] == "}":
@@ -789,41 +808,8 @@ def _members(text: str, i: int,
         i = _SPACE.match(text, i).end()
         if text[i] != ":":
             raise ValueError(i)
-        i = _SPACE.match(text, i + 1).end()
-        if spans is not None and key == "security_groups" and text[i] == "{":
-            value, i = _groups(text, i, spans)
-        else:
-            start = i
-            value, i = _SCAN(text, i)
-            if spans is not None and key == "host":
-                spans[("host",)] = (start, i)
-        pairs.append((key, value))
-        i = _SPACE.match(text, i).end()
-        if text[i] == ",":
-            i = _SPACE.match(text, i + 1).end()
-            continue
-        if text[i] == "}":
-            return _json_object(pairs), i + 1
-        raise ValueError(i)
-
-
-def _groups(text: str, i: int,
-            spans: dict[tuple[str, ...], tuple[int, int]]) -> tuple[dict, int]:
-    pairs = []
-    i = _SPACE.match(text, i + 1).end()
-    if text[i] == "}":
-        return _json_object(pairs), i + 1
-    while True:
-        if text[i] != '"':
-            raise ValueError(i)
-        key, i = json.decoder.scanstring(text, i + 1)
-        i = _SPACE.match(text, i).end()
-        if text[i] != ":":
-            raise ValueError(i)
-        start = _SPACE.match(text, i + 1).end()
-        value, i = _SCAN(text, start)
-        spans[("security_groups", key)] = (start, i)
-        pairs.append((key, value))
+        item, i = value(key, _SPACE.match(text, i + 1).end())
+        pairs.append((key, item))
         i = _SPACE.match(text, i).end()
         if text[i] == ",":
             i = _SPACE.match(text, i + 1).end()
