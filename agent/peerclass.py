@@ -49,6 +49,12 @@ class Plan:
     _intervals: list[Piece] | None = field(default=None, repr=False)
     _wide: frozenset | None = field(default=None, repr=False)
     _interval_starts: list[int] = field(default_factory=list, repr=False)
+    spans: list | None = field(default=None, repr=False, compare=False)
+    #        where a re-plan swept the addresses again (None: planned afresh); elsewhere the
+    #        segments are the prior plan's
+    maps: dict = field(default_factory=dict, repr=False, compare=False)
+    #        a renderer's record of the address maps it made of this plan, which the renderer
+    #        of the chain's next plan may patch where its addresses did not change
 
     def __post_init__(self) -> None:
         if not self._starts:
@@ -246,7 +252,7 @@ def plan_chain(chain: Chain, groups: dict[str, GroupSet], audits: bool = False,
         else:
             entries = old.entries
         segments = resweep(old.segments, entries, spans) if spans else old.segments
-        plan = Plan(family, segments, items, members, entries)
+        plan = Plan(family, segments, items, members, entries, spans=spans)
         if items == old.group_items and len(old._rows) <= 2 * len(segments) + 256:
             plan._rows = old._rows  # a function of the rows and the items (bounded: no leak)
         out[family] = plan

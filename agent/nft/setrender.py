@@ -32,13 +32,14 @@ changed one is a new one, loaded whole.
 from __future__ import annotations
 
 import bisect
+import collections
 import hashlib
 import operator
 import socket
 
 from ..backend.objects import Changed, verdict_chain
 from ..ir import Chain, Decision, GroupSet, Ruleset
-from ..partition import Painted, overlay
+from ..partition import Painted, merge_spans, overlay
 from ..peerclass import ADDR_MAX, ICMP, TCP, UDP, Plan, plan_chain, rects_of
 from .names import chain_name, counter_comment, counter_name, set_name
 from .objects import Objects, Rule, SetDef
@@ -47,6 +48,7 @@ from .render import (VERB, add_log_objects, base_chains, log_objects, member_set
 
 _IP = {4: "ip", 6: "ip6"}
 _OWNER = operator.itemgetter(4)  # a painted box's owner
+_START = operator.itemgetter(0)  # a piece's first address
 _ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
 # Pieces of a row per protocol kind written as rules (one comparison each); more go into a
 # verdict map.  No anonymous sets: the kernel names and finds sets by walking a list, so
@@ -60,10 +62,12 @@ class ChainRenderer:
 
     def __init__(self, chain: Chain, objs: Objects,
                  groups: dict[str, GroupSet] | None = None, prior: dict | None = None,
-                 stale: frozenset[int] = frozenset()) -> None:
+                 stale: frozenset[int] = frozenset(),
+                 prior_plans: dict[int, Plan] | None = None) -> None:
         """``prior``: what the renderer of this chain's previous plans made (their
         ``rendered``), of which the class chains of rows holding no decision numbered in
-        ``stale`` are taken instead of being made again."""
+        ``stale`` are taken instead of being made again.  ``prior_plans``: those plans, whose
+        exact maps are patched where the addresses changed (:meth:`exact_map`)."""
         self.chain = chain
         self.objs = objs
         self.groups = groups or {}
@@ -75,6 +79,7 @@ class ChainRenderer:
         self._names: dict[tuple, str] = {}
         self.prior = prior or {}
         self.stale = stale
+        self.prior_plans = prior_plans or {}
         self.made: dict[tuple, tuple] = {}
         #        class chains made: (family, id(row), id(base)) -> (row, base, name, rules,
         #        what making the rules made besides)
@@ -96,15 +101,59 @@ class ChainRenderer:
         return self.class_chain(plan.family, row, plan.interval_row(a))
 
     def exact_map(self, plan: Plan) -> SetDef:
-        elements = {}
-        for a, row in plan.exact().items():
-            if not self.wanted(row) and not self.wanted(plan.interval_row(a)):
-                continue
-            name = self.exact_chain(plan, a, row)
-            self.objs.ref(name)
-            elements[addr_range(a, a, plan.family)] = f"goto {name}"
+        """The exact address map; after a re-plan, the prior plan's map patched only within
+        the addresses whose rows may differ (:func:`_dirty`), with the same result."""
+        old = self.prior_plans.get(plan.family)
+        ranges = _dirty(old, plan, self.stale) if old is not None else None
+        addrs: list[int] = []
+        items: list[tuple[str, str]] = []
+        sources: dict[str, tuple] = {}  # element verdict -> (row, base) it was made of
+        if ranges is None:
+            for a, row in plan.exact().items():
+                self._exact_element(plan, a, row, addrs, items, sources)
+        else:
+            old_addrs, old_items, old_sources = old.maps["exact"]
+            points = plan.points()
+            k = 0
+            for lo, hi in ranges:
+                i = bisect.bisect_left(old_addrs, lo)
+                j = bisect.bisect_right(old_addrs, hi)
+                addrs += old_addrs[k:i]
+                items += old_items[k:i]
+                k = j
+                inside = {p for p in points[bisect.bisect_left(points, lo):
+                                            bisect.bisect_right(points, hi)]}
+                s = bisect.bisect_left(plan.segments, lo, key=_START)
+                for seg in plan.segments[s:bisect.bisect_right(plan.segments, hi, key=_START)]:
+                    if seg[0] == seg[1]:
+                        inside.add(seg[0])
+                for a in sorted(inside):
+                    row = plan.exact_row(a)
+                    if row:
+                        self._exact_element(plan, a, row, addrs, items, sources)
+            addrs += old_addrs[k:]
+            items += old_items[k:]
+            for verdict in set(map(operator.itemgetter(1), items)) - sources.keys():
+                sources[verdict] = old_sources[verdict]  # carried: its chain made here too
+                self.class_chain(plan.family, *old_sources[verdict])
+        for verdict, n in collections.Counter(map(operator.itemgetter(1), items)).items():
+            self.objs.ref(verdict_chain(verdict), n)
+        plan.maps["exact"] = (addrs, items, sources)
+        elements = dict(items)
         self.objs.exact[self.map_names(plan.family)[0]] = elements
         return exact_setdef(plan.family, elements)
+
+    def _exact_element(self, plan: Plan, a: int, row: Painted, addrs: list, items: list,
+                       sources: dict) -> None:
+        base = plan.interval_row(a)
+        if not self.wanted(row) and not self.wanted(base):
+            return
+        name = self.class_chain(plan.family, row, base)
+        verdict = f"goto {name}"
+        if verdict not in sources:
+            sources[verdict] = (row, base)
+        addrs.append(a)
+        items.append((addr_range(a, a, plan.family), verdict))
 
     def interval_map(self, plan: Plan) -> SetDef:
         values = []
@@ -404,6 +453,39 @@ def relevant(chain: Chain, audits: frozenset[int]) -> set[int]:
     return out
 
 
+def _dirty(old: Plan, new: Plan, stale: frozenset[int]) -> list[tuple[int, int]] | None:
+    """Where the exact map of ``new``, re-planned from ``old`` (the decisions numbered in
+    ``stale`` changed), may differ from that of ``old``: the re-swept spans and one address
+    either side, widened to every segment and interval piece of either plan that meets them
+    (a segment's neighbours may merge with it, an interval piece bridges singles), until
+    none does.  Elsewhere every address has the same segment, groups and interval row, hence
+    the same element.  None where that is not known: planned afresh, the groups, members or
+    wide rows differ, a changed decision is a group's rule, or no record of the old map."""
+    if new.spans is None or "exact" not in old.maps or old.group_items != new.group_items \
+            or old.members != new.members:
+        return None
+    if new.group_items and (any(o in stale for items in new.group_items.values()
+                                for o, _ in items) or old.wide_rows() != new.wide_rows()):
+        return None
+    top = ADDR_MAX[new.family]
+    ranges = merge_spans([(max(lo - 1, 0), min(hi + 1, top)) for lo, hi in new.spans])
+    pieces = [old.segments, old.intervals(), new.segments, new.intervals()]
+    while True:
+        grown = list(ranges)
+        for lo, hi in ranges:
+            for found in pieces:
+                i = bisect.bisect_right(found, lo, key=_START) - 1
+                if i >= 0 and found[i][1] >= lo:
+                    grown.append(found[i][:2])
+                j = bisect.bisect_right(found, hi, key=_START) - 1
+                if j >= 0 and found[j][1] >= lo:
+                    grown.append(found[j][:2])
+        grown = merge_spans(grown)
+        if grown == ranges:
+            return ranges
+        ranges = grown
+
+
 def tail_chain_name(base: str) -> str:
     """The chain of a NIC chain's tail (inner access and the default)."""
     return "t_" + base
@@ -424,7 +506,7 @@ def chain_body(chain: Chain, objs: Objects, groups: dict[str, GroupSet],
     the result of rendering afresh."""
     plans = plan_chain(chain, groups, prior=prior, stale=stale)
     memo = next((p.rendered for p in prior.values()), None) if prior else None
-    r = ChainRenderer(chain, objs, groups, memo, stale)
+    r = ChainRenderer(chain, objs, groups, memo, stale, prior)
     objs.plans[r.base] = plans
     rules = r.body(plans)
     for plan in plans.values():
