@@ -128,12 +128,26 @@ def paint(items: list[tuple[int, tuple[Rect, ...]]]) -> Painted:
         covering = [(o, r[2], r[3]) for o, rs in items for r in rs if r[0] <= lo and hi <= r[1]]
         if not covering:
             continue
-        line = paint_line(covering)
+        line = paint_line(_winners(covering))
         if strips and strips[-1][2] == line and strips[-1][1] + 1 == lo:
             strips[-1] = (strips[-1][0], hi, line)
         else:
             strips.append((lo, hi, line))
     return tuple((plo, phi, vlo, vhi, o) for plo, phi, line in strips for vlo, vhi, o in line)
+
+
+def _winners(items: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """``items`` without those that cannot win anywhere: in owner order, everything after an
+    interval that spans the whole value range of all of them is painted over."""
+    if len(items) <= 12:
+        return items
+    vlo = min(x[1] for x in items)
+    vhi = max(x[2] for x in items)
+    ordered = sorted(items)
+    for n, (_, lo, hi) in enumerate(ordered):
+        if lo <= vlo and vhi <= hi:
+            return ordered[:n + 1]
+    return ordered
 
 
 def paint_line(items: list[tuple[int, int, int]]) -> tuple[tuple[int, int, int], ...]:
