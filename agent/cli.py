@@ -48,28 +48,23 @@ def _main(argv: list[str] | None) -> int:
         with contextlib.redirect_stdout(sys.stderr):
             _main(["--help"])
         return 1
-    try:
-        rc = app(args=args, standalone_mode=False, prog_name="sgagent")
-        return rc if isinstance(rc, int) else 0
-    except typer.Exit as exc:
-        return exc.exit_code
-    except typer.Abort:
-        print("aborted", file=sys.stderr)
-        return 1
-    except typer.TyperException as exc:  # usage errors: unknown command, bad option, ...
-        message = exc.format_message()
-        if not message:  # a group without its command: the help was printed
+
+    def run() -> int:
+        try:
+            rc = app(args=args, standalone_mode=False, prog_name="sgagent")
+            return rc if isinstance(rc, int) else 0
+        except typer.Exit as exc:
+            return exc.exit_code
+        except typer.Abort:
+            print("aborted", file=sys.stderr)
             return 1
-        print(f"error: {message.replace('Value error, ', '')}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:
-        message = _error_message(exc, UserError)
-        if message is None:
-            raise
-        print(message, file=sys.stderr)
-        return 1
+        except typer.TyperException as exc:  # usage errors: unknown command, bad option, ...
+            message = exc.format_message()
+            if not message:  # a group without its command: the help was printed
+                return 1
+            print(f"error: {message.replace('Value error, ', '')}", file=sys.stderr)
+            return 1
+    return _reported(run, UserError)
 
 
 def _plain_validate(args: list[str]) -> tuple[str, bool] | None:
@@ -90,12 +85,18 @@ def _validate(file: str, as_json: bool) -> int:
     from pathlib import Path
 
     from .validation import validate
+    return _reported(lambda: validate(Path(file), as_json), None)
+
+
+def _reported(run, user_error: type[Exception] | None) -> int:
+    """``run()``'s exit code; an error the user can act on printed as one message (exit 1), an
+    interrupt exit 130, anything else raised (a bug: the traceback shows)."""
     try:
-        return validate(Path(file), as_json)
+        return run()
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        message = _error_message(exc, None)
+        message = _error_message(exc, user_error)
         if message is None:
             raise
         print(message, file=sys.stderr)

@@ -184,9 +184,11 @@ def count_rules(doc: dict[str, Any]) -> int:
     return sum(len(g["rules"]) for g in doc["security_groups"].values())
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], gen=None) -> int:
+    """Print ``gen(rules)`` (this module's :func:`generate` by default) as JSON; ``argv[1]``:
+    the number of rules (1,000)."""
     rules = int(argv[1]) if len(argv) > 1 else 1000
-    json.dump(generate(rules), sys.stdout)
+    json.dump((gen or generate)(rules), sys.stdout)
     sys.stdout.write("\n")
     return 0
 

@@ -27,7 +27,6 @@ docgen, so connrate measures both mixes the same way.
 from __future__ import annotations
 
 import ipaddress
-import json
 import random
 import sys
 from typing import Any
@@ -131,12 +130,5 @@ def generate(rules: int, *, seed: int = 1, group_peers: float = 0.10) -> dict[st
             "security_groups": groups}
 
 
-def main(argv: list[str]) -> int:
-    rules = int(argv[1]) if len(argv) > 1 else 1000
-    json.dump(generate(rules), sys.stdout)
-    sys.stdout.write("\n")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(docgen.main(sys.argv, generate))
